@@ -1,0 +1,156 @@
+"""ChestXrayDataModule: batches, normalisation, augmentation, metadata encoding and class weights."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from cxr_lightning.data import ChestXrayDataModule, SyntheticData
+from cxr_lightning.data.encoding import MetadataEncoder, positive_class_weights
+from cxr_lightning.data.images import load_grey
+from cxr_lightning.data.labels import FINDINGS, LABELS
+from cxr_lightning.data.transforms import Augmentation, ImageTransform
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def sample_module(root, **kwargs) -> ChestXrayDataModule:
+    options = dict(split="patient", fractions=(0.6, 0.2, 0.2), seed=0, image_size=64, batch_size=4, num_workers=0)
+    options.update(kwargs)
+    return ChestXrayDataModule(data_root=root, **options)
+
+
+def test_batches_from_real_nih_images(real_sample_root):
+    dm = sample_module(real_sample_root)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (3, 3, 64, 64) and batch["image"].dtype == torch.float32
+    assert batch["metadata"].shape == (3, 5) and batch["labels"].shape == (3, 15) and batch["labels"].dtype == torch.float32
+    # Each image's labels and metadata are its own row of the real CSV.
+    csv = pd.read_csv(real_sample_root / "Data_Entry_2017_v2020.csv").set_index("Image Index")
+    for name, labels, metadata in zip(batch["name"], batch["labels"], batch["metadata"]):
+        expected = set(csv.loc[name, "Finding Labels"].split("|"))
+        assert {LABELS[i] for i in np.flatnonzero(labels.numpy())} == expected
+        assert metadata[1:].tolist() == [csv.loc[name, "Patient Gender"] == "M", csv.loc[name, "Patient Gender"] == "F",
+                                         csv.loc[name, "View Position"] == "PA", csv.loc[name, "View Position"] == "AP"]  # fmt: skip
+
+
+def test_eval_images_are_resized_replicated_and_imagenet_normalised(real_sample_root):
+    dm = sample_module(real_sample_root)
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    name = batch["name"][0]
+    grey = F.resize(load_grey(real_sample_root / "images" / name), [64, 64], antialias=True)
+    expected = (grey.expand(3, -1, -1) - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert torch.allclose(batch["image"][0], expected, atol=1e-6)
+    # validation is not augmented: the same batch twice
+    assert torch.equal(next(iter(dm.val_dataloader()))["image"], batch["image"])
+
+
+def test_only_the_training_split_is_augmented(real_sample_root):
+    dm = sample_module(real_sample_root, fractions=(0.2, 0.2, 0.6))
+    dm.setup("fit")
+    torch.manual_seed(0)
+    first = dm.train_dataloader().dataset[0]["image"]
+    second = dm.train_dataloader().dataset[0]["image"]
+    assert not torch.equal(first, second)
+    test_ds = dm.dataset("test")
+    assert torch.equal(test_ds[0]["image"], test_ds[0]["image"])
+
+
+def test_beit_normalisation_and_one_channel(real_sample_root):
+    dm = sample_module(real_sample_root, normalization="beit", image_size=32)
+    image = dm.dataset("val")[0]["image"]
+    assert image.shape == (3, 32, 32) and -1.0 <= image.min() and image.max() <= 1.0
+    grey = sample_module(real_sample_root, normalization="imagenet_grey", channels=1, image_size=32).dataset("val")[0]["image"]
+    assert grey.shape == (1, 32, 32)
+    assert torch.allclose(grey[0] * 0.226 + 0.449, image[0] * 0.5 + 0.5, atol=1e-5)
+
+
+def test_augmentation_matches_the_papers_ranges():
+    generator = torch.Generator().manual_seed(0)
+    flat = torch.full((1, 8, 8), 0.5)
+    ratios = [Augmentation(0, 0.1, 0)(flat, generator).mean().item() / 0.5 for _ in range(400)]
+    assert 0.9 <= min(ratios) < 0.92 and 1.08 < max(ratios) <= 1.1
+    ramp = torch.linspace(0, 1, 64).view(1, 8, 8)
+    spreads = [Augmentation(0, 0, 0.1)(ramp, generator).std().item() / ramp.std().item() for _ in range(400)]
+    assert 0.9 <= min(spreads) < 0.92 and 1.08 < max(spreads) <= 1.1
+    # rotation: the angle of a bright bar from the centre stays within 10 degrees
+    bar = torch.zeros(1, 65, 65)
+    bar[0, 32, 40:64] = 1.0
+    angles = []
+    for _ in range(200):
+        out = Augmentation(10, 0, 0)(bar, generator)[0]
+        ys, xs = torch.nonzero(out > 0.3, as_tuple=True)
+        angles.append(math.degrees(math.atan2(-(ys.float().mean() - 32), xs.float().mean() - 32)))
+    assert max(abs(a) for a in angles) <= 10.5 and max(angles) > 8 and min(angles) < -8
+
+
+def test_image_transform_validates_channels():
+    with pytest.raises(ValueError, match="channels must be 1 or 3"):
+        ImageTransform(32, 2, "imagenet")
+
+
+def test_metadata_encodings():
+    frame = pd.DataFrame({"age": [20.0, 40.0, np.nan, 150.0], "sex": ["M", "F", "", "F"], "view": ["PA", "AP", "AP", ""]})
+    train = frame.iloc[:2]
+    onehot = MetadataEncoder("onehot").fit(train)
+    assert onehot.age_mean == 30 and onehot.age_std == pytest.approx(np.std([20, 40], ddof=1))
+    enc = onehot.encode(frame)
+    assert enc.shape == (4, 5) and enc.dtype == np.float32
+    assert enc[:, 1:].tolist() == [[1, 0, 1, 0], [0, 1, 0, 1], [0, 0, 0, 1], [0, 1, 0, 0]]
+    assert enc[2, 0] == 0.0  # missing age -> train mean
+    assert MetadataEncoder("code").fit(train).encode(frame)[:, 1:].tolist() == [[1, 0], [0, 1], [0, 1], [0, 0]]
+    cnn = MetadataEncoder("cnn").fit(train).encode(frame)
+    np.testing.assert_allclose(cnn, [[0.2, 0, 0], [0.4, 1, 1], [0.3, 0.5, 1], [1.0, 1, 0]], rtol=1e-6)
+
+
+def test_positive_class_weights_on_the_paper_split():
+    dm = ChestXrayDataModule(data_root="does-not-exist", split="paper", pos_weight="log")
+    counts = np.asarray(dm.train_label_counts)
+    weights = np.asarray(dm.pos_weight)
+    np.testing.assert_allclose(weights, np.minimum(np.log(73_633 / counts), 20), rtol=1e-5)
+    assert weights[LABELS.index("No Finding")] == pytest.approx(0.54, abs=0.01)
+    assert weights[LABELS.index("Hernia")] == pytest.approx(6.4, abs=0.1)
+    beit = positive_class_weights(counts, 73_633, "beit_log")
+    assert beit[LABELS.index("No Finding")] == pytest.approx(2.1, abs=0.05) and beit[LABELS.index("Hernia")] == pytest.approx(46.6, abs=0.1)
+    linear = positive_class_weights(counts, 73_633, "linear")
+    np.testing.assert_allclose(linear, (73_633 - counts) / counts, rtol=1e-6)
+    assert positive_class_weights(counts, 73_633, "none") is None
+    with pytest.warns(UserWarning, match=r"no positive training image for \['b'\]"):
+        assert np.isfinite(positive_class_weights(np.array([3, 0]), 10, "linear", ("a", "b"))).all()
+
+
+def test_findings_only_and_linked_values():
+    dm = ChestXrayDataModule(data_root="does-not-exist", include_no_finding=False, metadata_encoding="code")
+    assert dm.label_names == list(FINDINGS) and dm.num_labels == 14 and dm.metadata_dim == 3
+    state = dm.state_dict()
+    assert state["label_names"] == list(FINDINGS) and state["normalization"]["mean"] == list(IMAGENET_MEAN)
+    assert 40 < state["metadata_encoder"]["age_mean"] < 50
+
+
+def test_missing_images_say_how_to_get_them(tmp_path):
+    dm = ChestXrayDataModule(data_root=tmp_path / "nih", split="paper", num_workers=0)
+    with pytest.raises(FileNotFoundError, match=r"73,633 of 73,633 train images are missing(.|\n)*cxr-lightning data download --root"):
+        dm.setup("fit")
+
+
+def test_synthetic_dataset_is_generated_when_missing_and_loads_with_workers(tmp_path):
+    root = tmp_path / "demo"
+    dm = ChestXrayDataModule(data_root=root, split="official", val_fraction=0.2, seed=0, image_size=32,
+                             batch_size=8, num_workers=2, synthetic=SyntheticData(num_images=80, image_size=32, seed=1))  # fmt: skip
+    dm.prepare_data()
+    assert (root / "Data_Entry_2017_v2020.csv").is_file() and len(list((root / "images").glob("*.png"))) == 80
+    dm.setup("fit")
+    seen = 0
+    for batch in dm.train_dataloader():
+        assert batch["image"].shape[1:] == (3, 32, 32)
+        seen += len(batch["name"])
+    assert seen == len(dm.dataset("train"))
+    sizes = [len(dm.dataset(p)) for p in ("train", "val", "test")]
+    assert sum(sizes) == 80 and min(sizes) > 0
