@@ -1,8 +1,55 @@
-"""The ``cxr-lightning`` command: data commands here, training through LightningCLI."""
+"""The ``cxr-lightning`` command.
+
+* ``cxr-lightning fit|validate|test|predict --config FILE.yaml``: LightningCLI. The model is
+  chosen by ``class_path``; the number of labels, label names, metadata width and positive-class
+  weights come from the DataModule (linked, never typed twice).
+* ``cxr-lightning data stats|split|synth|download``: data commands (``--help`` on each).
+
+``--config NAME`` that is not a file in the working directory resolves to the shipped config of
+that name (``resnet_log``, ``resnet_log.yaml`` or ``configs/resnet_log.yaml``), also for an
+installed package.
+"""
 
 from __future__ import annotations
 
 import sys
+from importlib import resources
+from pathlib import Path
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def shipped_config(name: str) -> Path | None:
+    """Path of a config shipped with the package, by bare name, or None."""
+    stem = Path(name).name
+    base = resources.files("cxr_lightning.configs")
+    for candidate in (stem, stem + ".yaml"):
+        path = Path(str(base / candidate))
+        if path.is_file():
+            return path
+    return None
+
+
+def shipped_config_names() -> list[str]:
+    return sorted(p.name for p in Path(str(resources.files("cxr_lightning.configs"))).glob("*.yaml"))
+
+
+def resolve_config_args(args: list[str]) -> list[str]:
+    """Replace each ``--config X`` whose X is not a file by the shipped config of that name."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        value, prefix = None, ""
+        if arg in ("--config", "-c") and i + 1 < len(out):
+            value, index = out[i + 1], i + 1
+        elif arg.startswith("--config="):
+            value, index, prefix = arg.split("=", 1)[1], i, "--config="
+        if value is None or Path(value).is_file():
+            continue
+        found = shipped_config(value)
+        if found is None:
+            raise SystemExit(f"config {value!r} is neither a file nor a shipped config; shipped: {', '.join(shipped_config_names())}")
+        out[index] = prefix + str(found)
+    return out
 
 
 def main(args: list[str] | None = None) -> int:
@@ -12,8 +59,10 @@ def main(args: list[str] | None = None) -> int:
         from cxr_lightning.data.commands import main as data_main
 
         return data_main(args[1:])
-    print("usage: cxr-lightning data {stats,split,synth,download} ...", file=sys.stderr)
-    return 2
+    from cxr_lightning.training_cli import CXRLightningCLI
+
+    CXRLightningCLI(args=resolve_config_args(args))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,115 @@
+"""Callbacks: per-label threshold tuning on validation, and the test outputs of a run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+from cxr_lightning.metrics import best_f1_thresholds, per_label_table
+
+
+class ThresholdTuner(L.Callback):
+    """After each validation epoch, set ``pl_module.thresholds`` to the F1-maximising per-label values.
+
+    The search sees the whole validation set once: the module's ``PredictionCollector`` gathers
+    every rank's predictions and drops the samples a distributed sampler repeats, so every rank
+    computes the same thresholds. Callbacks run before the module's own epoch-end hook, so the
+    epoch's ``val/*`` metrics (without ``@0.5``) already use the new thresholds, and the
+    checkpoint saved after this validation carries them.
+
+    Args:
+        save_to: file name, in ``trainer.default_root_dir``, where rank 0 writes the latest
+            thresholds as JSON (null: do not write).
+    """
+
+    def __init__(self, save_to: str | None = "thresholds.json"):
+        self.save_to = save_to
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = pl_module.val_predictions.compute()
+        thresholds = best_f1_thresholds(epoch.probs, epoch.targets).to(pl_module.thresholds)
+        pl_module.thresholds.copy_(thresholds)
+        if self.save_to and trainer.is_global_zero:
+            path = Path(trainer.default_root_dir) / self.save_to
+            path.parent.mkdir(parents=True, exist_ok=True)
+            record = {"epoch": trainer.current_epoch, "num_images": int(len(epoch.indices)),
+                      "thresholds": dict(zip(pl_module.label_names, thresholds.tolist()))}  # fmt: skip
+            path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+class TestOutputWriter(L.Callback):
+    """Writes ``metrics.json``, ``per_label.csv`` and ``test_predictions.csv`` after ``test``.
+
+    The folder is ``out_dir`` or ``trainer.default_root_dir`` (the run directory). Only rank 0
+    writes. With a ``WandbLogger`` the per-label ROC curves (a figure) and the threshold table
+    go to W&B too.
+    """
+
+    def __init__(self, out_dir: str | None = None, roc_figure: bool = True):
+        self.out_dir = out_dir
+        self.roc_figure = roc_figure
+
+    def run_dir(self, trainer: L.Trainer) -> Path:
+        return Path(self.out_dir or trainer.default_root_dir)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        results = getattr(pl_module, "test_results", None)
+        if not results or not trainer.is_global_zero:
+            return
+        out = self.run_dir(trainer)
+        out.mkdir(parents=True, exist_ok=True)
+        metrics, epoch, names = results["metrics"], results["predictions"], pl_module.label_names
+        summary = {group: {k: v for k, v in values.items() if k != "per_label"} for group, values in metrics.items()}
+        summary["thresholds"] = dict(zip(names, results["thresholds"]))
+        summary["num_images"] = int(len(epoch.indices))
+        (out / "metrics.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
+
+        table = per_label_table(metrics["tuned"]).join(per_label_table(metrics["default"])[["f1", "precision", "recall"]], rsuffix="@0.5")
+        table.to_csv(out / "per_label.csv", index_label="label")
+
+        image_names = _image_names(trainer, epoch.indices)
+        predictions = pd.DataFrame(epoch.probs.numpy(), columns=[f"prob_{n}" for n in names])
+        labels = pd.DataFrame(epoch.targets.numpy().astype(np.int8), columns=[f"label_{n}" for n in names])
+        pd.concat([pd.DataFrame({"image": image_names}), predictions, labels], axis=1).to_csv(
+            out / "test_predictions.csv", index=False, float_format="%.6g"
+        )
+        figure = None
+        if self.roc_figure:
+            from cxr_lightning.plots import plot_roc_curves
+
+            figure = plot_roc_curves(epoch.probs.numpy(), epoch.targets.numpy(), names, out / "roc_curves.png")
+        rank_zero_info(f"[test] wrote metrics.json, per_label.csv, test_predictions.csv to {out}")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                if figure is not None:
+                    logger.log_image("test/roc_curves", [str(figure)])
+                rows = [[n, float(t), _finite(metrics["tuned"]["per_label"][n]["auroc"])] for n, t in zip(names, results["thresholds"])]
+                logger.log_table("test/thresholds", columns=["label", "threshold", "auroc"], data=rows)
+
+
+def _image_names(trainer: L.Trainer, indices: torch.Tensor) -> list[str]:
+    loader = trainer.test_dataloaders
+    dataset = loader[0].dataset if isinstance(loader, (list, tuple)) else loader.dataset
+    paths = getattr(dataset, "paths", None)
+    if paths is None:
+        return [str(i) for i in indices.tolist()]
+    return [Path(str(paths[i])).name for i in indices.tolist()]
+
+
+def _finite(value):
+    """JSON has no NaN: undefined metrics (a label with one class) become null."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value

@@ -1,0 +1,110 @@
+"""``cxr-lightning data ...``: split statistics, split files, synthetic data and the NIH download."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cxr_lightning.data.labels import label_names
+from cxr_lightning.data.metadata import TEST_LIST, TRAIN_VAL_LIST, find_image_list, find_metadata_csv, read_metadata
+from cxr_lightning.data.splits import PAPER_SEED, PAPER_VAL_FRACTION, PARTS, make_split
+
+
+def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", choices=("paper", "official", "patient"), default="paper", help="which split (default: paper)")
+    parser.add_argument("--root", type=Path, default=None, help="data root whose metadata CSV and list files to use (default: the packaged NIH files)")
+    parser.add_argument("--metadata-csv", type=Path, default=None, help="metadata CSV (overrides --root)")
+    parser.add_argument("--train-val-list", type=Path, default=None, help="official train_val list (overrides --root)")
+    parser.add_argument("--test-list", type=Path, default=None, help="official test list (overrides --root)")
+    parser.add_argument("--val-fraction", type=float, default=PAPER_VAL_FRACTION, help="official split: patient fraction of train_val for validation")
+    parser.add_argument("--seed", type=int, default=PAPER_SEED, help="official/patient split seed")
+    parser.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"), help="patient split: patient fractions")
+    parser.add_argument("--stratify", action="store_true", help="patient split: stratify patients by their rarest finding")
+    parser.add_argument("--bad-values", choices=("missing", "error"), default="missing", help="policy for bad ages/sexes/views")
+
+
+def _load(args: argparse.Namespace):
+    meta = read_metadata(args.metadata_csv or find_metadata_csv(args.root), bad_values=args.bad_values)
+    for line in meta.report.lines():
+        print(f"[metadata] {line}", file=sys.stderr)
+    split = make_split(
+        args.split,
+        meta,
+        args.train_val_list or find_image_list(args.root, TRAIN_VAL_LIST),
+        args.test_list or find_image_list(args.root, TEST_LIST),
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        fractions=tuple(args.fractions),
+        stratify=args.stratify,
+    )
+    return meta, split
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from cxr_lightning.data.stats import format_csv, format_markdown, prevalence_table
+
+    meta, split = _load(args)
+    table = prevalence_table(meta, split, label_names(not args.findings_only))
+    text = format_csv(table, args.decimals) if args.format == "csv" else format_markdown(table, args.decimals)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        print(text)
+    return 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    meta, split = _load(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for part in PARTS:
+        names = split.images(meta, part)
+        (args.out / f"{part}.txt").write_text("\n".join(names) + "\n")
+        print(f"{args.out / f'{part}.txt'}: {len(names):,} images")
+    return 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from cxr_lightning.data.synthetic import generate_synthetic_dataset
+
+    summary = generate_synthetic_dataset(args.out, args.num_images, args.image_size, args.seed)
+    print(summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cxr_lightning.data.download import add_download_arguments, run_download
+
+    parser = argparse.ArgumentParser(prog="cxr-lightning data", description="NIH ChestX-ray14 data commands")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    stats = commands.add_parser("stats", help="percent of positive images per label and split part (the paper's Table 4)")
+    _add_split_arguments(stats)
+    stats.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    stats.add_argument("--decimals", type=int, default=2)
+    stats.add_argument("--findings-only", action="store_true", help="the 14 findings, without No Finding")
+    stats.add_argument("--out", type=Path, default=None, help="write to this file instead of standard output")
+    stats.set_defaults(run=run_stats)
+
+    split = commands.add_parser("split", help="write train.txt, val.txt and test.txt (image names)")
+    _add_split_arguments(split)
+    split.add_argument("--out", type=Path, required=True, help="output folder")
+    split.set_defaults(run=run_split)
+
+    synth = commands.add_parser("synth", help="write a synthetic dataset in the NIH layout")
+    synth.add_argument("--out", type=Path, required=True, help="output folder")
+    synth.add_argument("--num-images", type=int, default=2000)
+    synth.add_argument("--image-size", type=int, default=64)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(run=run_synth)
+
+    download = commands.add_parser("download", help="download and extract the 12 NIH image archives (about 45 GB)")
+    add_download_arguments(download)
+    download.set_defaults(run=run_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)

@@ -1,0 +1,276 @@
+"""``ChestXrayDataModule``: NIH ChestX-ray14 (or a synthetic stand-in) as Lightning dataloaders."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from cxr_lightning.data.dataset import ChestXrayDataset, index_images
+from cxr_lightning.data.encoding import MetadataEncoder, MetadataEncoding, PosWeightScheme, positive_class_weights
+from cxr_lightning.data.labels import label_names
+from cxr_lightning.data.metadata import (
+    TEST_LIST,
+    TRAIN_VAL_LIST,
+    BadValuePolicy,
+    NIHMetadata,
+    find_image_list,
+    find_metadata_csv,
+    read_metadata,
+)
+from cxr_lightning.data.splits import PARTS, Split, SplitName, make_split
+from cxr_lightning.data.transforms import Augmentation, ImageTransform, normalization_stats
+
+DOWNLOAD_HINT = (
+    "Download the NIH ChestX-ray14 images (112,120 PNGs, about 45 GB) with\n"
+    "    cxr-lightning data download --root {root}\n"
+    "or point data.data_root at a folder holding images/ (or the Kaggle images_*/images/ folders).\n"
+    "To try the pipeline without the images: cxr-lightning data synth --out {root}_synthetic"
+)
+
+
+@dataclass
+class SyntheticData:
+    """Generate a synthetic NIH-layout dataset in ``data_root`` when it holds no metadata CSV."""
+
+    num_images: int = 2000
+    image_size: int = 64
+    seed: int = 0
+
+
+class ChestXrayDataModule(L.LightningDataModule):
+    """NIH ChestX-ray14 with patient-grouped splits, augmentation and metadata encoding.
+
+    Batches are dicts: ``image`` ``(B, C, S, S)`` float32 normalised, ``metadata`` ``(B, M)``,
+    ``labels`` ``(B, L)`` float32 0/1 in the order of :data:`cxr_lightning.LABELS` (or the 14
+    findings), ``name`` (list of image names) and ``index`` (positions in the part's dataset).
+
+    Citation: Wang et al., "ChestX-ray8: Hospital-scale chest X-ray database and benchmarks",
+    CVPR 2017. Images: https://nihcc.app.box.com/v/ChestXray-NIHCC (``cxr-lightning data
+    download``). The metadata CSV and official lists ship with the package and are used unless
+    ``data_root`` (or the explicit paths) holds other copies.
+
+    Args:
+        data_root: folder in the NIH layout (``images/*.png``, optional CSV and list files).
+        split: ``paper`` (73,633 / 12,891 / 25,596), ``official`` (official test list and a
+            patient-grouped validation part of ``val_fraction``) or ``patient`` (random
+            patient-grouped parts of ``fractions``).
+        val_fraction: patient fraction of train_val used for validation (``official``).
+        seed: seed of the ``official`` and ``patient`` splits.
+        fractions: train/val/test patient fractions of the ``patient`` split.
+        stratify: ``patient`` split only: cut each rarest-finding stratum by the fractions.
+        metadata_csv: metadata CSV; default the one in ``data_root`` or the packaged 2020 file.
+        train_val_list: official train_val list; default ``data_root``'s or the packaged one.
+        test_list: official test list; default ``data_root``'s or the packaged one.
+        bad_values: ``missing`` (count and impute bad ages/sexes/views) or ``error``.
+        include_no_finding: 15 labels (the paper's) or the 14 findings only.
+        image_size: side of the square model input in pixels.
+        channels: 3 (grey replicated, for ImageNet backbones) or 1.
+        normalization: ``imagenet``, ``beit`` (0.5/0.5), ``imagenet_grey`` or ``none``.
+        augment: augment the training split (rotation, brightness/contrast jitter).
+        rotation_degrees: maximum absolute rotation angle.
+        brightness: brightness jitter (factor drawn from [1 - b, 1 + b]).
+        contrast: contrast jitter (factor drawn from [1 - c, 1 + c]).
+        metadata_encoding: ``onehot`` (paper text, 5 features), ``code`` (ResNet/BEiT code, 3)
+            or ``cnn`` (CNN code, 3).
+        pos_weight: positive-class loss weights from the train split: ``none``, ``linear``,
+            ``log`` (ResNet code) or ``beit_log`` (BEiT code).
+        batch_size: training batch size (per device).
+        eval_batch_size: validation/test batch size; default ``batch_size``.
+        num_workers: DataLoader worker processes.
+        pin_memory: pin host memory for faster transfer to the GPU.
+        persistent_workers: keep workers alive between epochs.
+        synthetic: generate a synthetic dataset into ``data_root`` if it has no metadata CSV.
+    """
+
+    def __init__(
+        self,
+        data_root: str | Path = "data/nih",
+        split: SplitName = "paper",
+        val_fraction: float = 0.15,
+        seed: int = 100,
+        fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+        stratify: bool = False,
+        metadata_csv: str | Path | None = None,
+        train_val_list: str | Path | None = None,
+        test_list: str | Path | None = None,
+        bad_values: BadValuePolicy = "missing",
+        include_no_finding: bool = True,
+        image_size: int = 224,
+        channels: Literal[1, 3] = 3,
+        normalization: str = "imagenet",
+        augment: bool = True,
+        rotation_degrees: float = 10.0,
+        brightness: float = 0.1,
+        contrast: float = 0.1,
+        metadata_encoding: MetadataEncoding = "onehot",
+        pos_weight: PosWeightScheme = "none",
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = False,
+        synthetic: SyntheticData | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        normalization_stats(normalization, channels)  # fail early on a bad name
+        self.data_root = Path(data_root)
+        self.encoder = MetadataEncoder(metadata_encoding)
+        self._meta: NIHMetadata | None = None
+        self._split: Split | None = None
+        self._datasets: dict[str, ChestXrayDataset] = {}
+
+    # ----- values the CLI links into the model (available right after construction) -----
+    @property
+    def label_names(self) -> list[str]:
+        return list(label_names(self.hparams.include_no_finding))
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def metadata_dim(self) -> int:
+        return self.encoder.width
+
+    @property
+    def train_label_counts(self) -> list[int]:
+        meta, split = self._tables()
+        return meta.label_matrix(tuple(self.label_names))[split.train].sum(axis=0).astype(int).tolist()
+
+    @property
+    def pos_weight(self) -> list[float] | None:
+        _, split = self._tables()
+        weights = positive_class_weights(
+            np.asarray(self.train_label_counts), len(split.train), self.hparams.pos_weight, tuple(self.label_names)
+        )
+        return None if weights is None else weights.tolist()
+
+    @property
+    def normalization_stats(self) -> tuple[list[float], list[float]]:
+        return normalization_stats(self.hparams.normalization, self.hparams.channels)
+
+    # ----- metadata and split -----
+    def _tables(self) -> tuple[NIHMetadata, Split]:
+        """Read the metadata, build the split and fit the encoder once (cheap: about 2 s for NIH)."""
+        if self._meta is None:
+            self._ensure_synthetic()
+            h = self.hparams
+            csv = Path(h.metadata_csv) if h.metadata_csv else find_metadata_csv(self.data_root)
+            meta = read_metadata(csv, bad_values=h.bad_values)
+            split = make_split(
+                h.split,
+                meta,
+                Path(h.train_val_list) if h.train_val_list else find_image_list(self.data_root, TRAIN_VAL_LIST),
+                Path(h.test_list) if h.test_list else find_image_list(self.data_root, TEST_LIST),
+                val_fraction=h.val_fraction,
+                seed=h.seed,
+                fractions=tuple(h.fractions),
+                stratify=h.stratify,
+            )
+            self.encoder.fit(meta.frame.iloc[split.train])
+            self._meta, self._split = meta, split
+            counts = ", ".join(f"{p} {len(split.part(p)):,}" for p in PARTS)
+            rank_zero_info(f"[data] {csv} | split {split.name}: {counts} images")
+        return self._meta, self._split
+
+    def _ensure_synthetic(self) -> None:
+        spec = self.hparams.synthetic
+        if spec is None or find_metadata_csv(self.data_root).parent == self.data_root:
+            return
+        from cxr_lightning.data.synthetic import generate_synthetic_dataset
+
+        # Generate next to the target and rename, so an interrupted run or a second process
+        # never sees half a dataset.
+        self.data_root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=self.data_root.parent))
+        rank_zero_info(f"[data] no dataset at {self.data_root}: generating {spec.num_images} synthetic images")
+        generate_synthetic_dataset(staging, spec.num_images, spec.image_size, spec.seed)
+        try:
+            if self.data_root.exists() and not any(self.data_root.iterdir()):
+                self.data_root.rmdir()
+            os.rename(staging, self.data_root)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if find_metadata_csv(self.data_root).parent != self.data_root:
+                raise
+
+    # ----- Lightning hooks -----
+    def prepare_data(self) -> None:
+        self._ensure_synthetic()
+
+    def setup(self, stage: str | None = None) -> None:
+        parts = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage, PARTS)
+        for part in parts:
+            if part not in self._datasets:
+                self._datasets[part] = self.dataset(part)
+
+    def dataset(self, part: str) -> ChestXrayDataset:
+        """The dataset of one split part, with augmentation on ``train`` only."""
+        meta, split = self._tables()
+        rows = split.part(part)
+        names = meta.frame["image"].to_numpy()[rows]
+        located = index_images(self.data_root)
+        missing = [n for n in names if n not in located]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing):,} of {len(names):,} {part} images are missing under {self.data_root.resolve()}/images "
+                f"(e.g. {missing[:3]}).\n" + DOWNLOAD_HINT.format(root=self.data_root)
+            )
+        h = self.hparams
+        augmentation = Augmentation(h.rotation_degrees, h.brightness, h.contrast) if (part == "train" and h.augment) else None
+        transform = ImageTransform(h.image_size, h.channels, h.normalization, augmentation)
+        return ChestXrayDataset(
+            paths=[located[n] for n in names],
+            labels=meta.label_matrix(tuple(self.label_names))[rows],
+            metadata=self.encoder.encode(meta.frame.iloc[rows]),
+            transform=transform,
+        )
+
+    def _loader(self, part: str, shuffle: bool) -> DataLoader:
+        if part not in self._datasets:
+            self._datasets[part] = self.dataset(part)
+        h = self.hparams
+        workers = h.num_workers
+        return DataLoader(
+            self._datasets[part],
+            batch_size=h.batch_size if part == "train" else (h.eval_batch_size or h.batch_size),
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=h.pin_memory and torch.cuda.is_available(),
+            persistent_workers=h.persistent_workers and workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint needs to encode new inputs like the training data."""
+        self._tables()  # fits the metadata encoder
+        mean, std = self.normalization_stats
+        return {
+            "label_names": self.label_names,
+            "metadata_encoder": self.encoder.state(),
+            "image_size": self.hparams.image_size,
+            "channels": self.hparams.channels,
+            "normalization": {"name": self.hparams.normalization, "mean": mean, "std": std},
+        }

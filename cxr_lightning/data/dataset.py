@@ -1,0 +1,69 @@
+"""The map-style dataset over one split part, and where NIH images live on disk.
+
+Everything a sample needs is looked up once, before training, into numpy arrays indexed by
+position; ``__getitem__`` only decodes one file and indexes arrays (no pandas, no search).
+Paths are a fixed-width ``numpy.str_`` array, so DataLoader workers share it without the
+copy-on-read that Python lists of strings cause under ``fork``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cxr_lightning.data.images import load_grey
+
+
+def index_images(root: str | Path) -> dict[str, Path]:
+    """Map image name -> path for ``root/images/*`` and the Kaggle layout ``root/images_*/images/*``."""
+    root = Path(root)
+    folders = [root / "images"] + sorted(p / "images" for p in root.glob("images_*") if p.is_dir())
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if folder.is_dir():
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_file() and entry.name not in found:
+                        found[entry.name] = Path(entry.path)
+    return found
+
+
+class ChestXrayDataset(Dataset):
+    """Samples ``{"image", "metadata", "labels", "name", "index"}`` of one split part.
+
+    ``image`` is what ``transform`` makes of the grey image (``(C, S, S)`` float32), ``metadata``
+    is ``(M,)`` float32, ``labels`` is ``(L,)`` float32 0/1 and ``index`` the position in this
+    dataset (used to drop the samples a distributed sampler repeats).
+    """
+
+    def __init__(
+        self,
+        paths: list[str] | np.ndarray,
+        labels: np.ndarray,
+        metadata: np.ndarray,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+    ):
+        if not (len(paths) == len(labels) == len(metadata)):
+            raise ValueError(f"paths, labels and metadata differ in length: {len(paths)}, {len(labels)}, {len(metadata)}")
+        self.paths = np.asarray([str(p) for p in paths], dtype=np.str_)
+        self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32))
+        self.metadata = torch.from_numpy(np.ascontiguousarray(metadata, dtype=np.float32))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        path = str(self.paths[index])
+        return {
+            "image": self.transform(load_grey(path)),
+            "metadata": self.metadata[index],
+            "labels": self.labels[index],
+            "name": os.path.basename(path),
+            "index": index,
+        }

@@ -1,0 +1,80 @@
+"""Per-sample image transforms: resize, training augmentation, channel replication, normalisation.
+
+The paper's pipeline for every model: resize to the input size, then on the training split only
+a random rotation within +-10 degrees and brightness/contrast jitter of 0.1, then the grey
+channel replicated to 3 channels (for ImageNet backbones) and normalised with the backbone's
+mean and std. Resizing comes first so the augmentation works on the small image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+#: mean and std per channel; a 1-channel input uses the channel average.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # torchvision ResNet, the CNN
+    "beit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # microsoft/beit-base-patch16-224 image processor
+    "imagenet_grey": ((0.449,), (0.226,)),  # the ImageNet mean/std averaged over channels
+    "none": ((0.0,), (1.0,)),
+}
+
+
+def normalization_stats(name: str, channels: int) -> tuple[list[float], list[float]]:
+    """Mean and std lists of length ``channels`` for a named normalisation."""
+    if name not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {name!r}; choose one of {sorted(NORMALIZATIONS)}")
+    mean, std = NORMALIZATIONS[name]
+    if len(mean) != channels:
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    return list(mean), list(std)
+
+
+@dataclass
+class Augmentation:
+    """The training-split augmentation; zero disables a part."""
+
+    rotation_degrees: float = 10.0
+    brightness: float = 0.1
+    contrast: float = 0.1
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment a ``(1, H, W)`` image in [0, 1]."""
+        if self.rotation_degrees:
+            angle = (torch.rand((), generator=generator).item() * 2 - 1) * self.rotation_degrees
+            image = F.rotate(image, angle, interpolation=InterpolationMode.BILINEAR, fill=0.0)
+        # ColorJitter draws the order of brightness and contrast at random; we keep that too.
+        order = torch.randperm(2, generator=generator).tolist()
+        for op in order:
+            if op == 0 and self.brightness:
+                factor = 1 + (torch.rand((), generator=generator).item() * 2 - 1) * self.brightness
+                image = F.adjust_brightness(image, factor)
+            if op == 1 and self.contrast:
+                factor = 1 + (torch.rand((), generator=generator).item() * 2 - 1) * self.contrast
+                image = F.adjust_contrast(image, factor)
+        return image
+
+
+class ImageTransform:
+    """Grey ``(1, H, W)`` in [0, 1] -> normalised ``(channels, size, size)`` float32."""
+
+    def __init__(self, image_size: int, channels: int, normalization: str, augmentation: Augmentation | None = None):
+        if channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {channels}")
+        self.image_size = image_size
+        self.channels = channels
+        self.augmentation = augmentation
+        mean, std = normalization_stats(normalization, channels)
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if image.shape[-2:] != (self.image_size, self.image_size):
+            image = F.resize(image, [self.image_size, self.image_size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+        if self.augmentation is not None:
+            image = self.augmentation(image)
+        image = image.clamp_(0.0, 1.0).expand(self.channels, -1, -1)
+        return (image - self.mean) / self.std

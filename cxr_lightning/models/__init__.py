@@ -1,0 +1,7 @@
+"""Models: a shared LightningModule base, the metadata-fusion head and the paper's three backbones."""
+
+from cxr_lightning.models.base import CXRClassifier
+from cxr_lightning.models.classifiers import BaselineCNN, BEiTClassifier, ResNet50Classifier
+from cxr_lightning.models.fusion import MetadataFusionHead
+
+__all__ = ["BEiTClassifier", "BaselineCNN", "CXRClassifier", "MetadataFusionHead", "ResNet50Classifier"]

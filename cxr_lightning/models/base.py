@@ -1,0 +1,180 @@
+"""``CXRClassifier``: what every model shares (head, loss, metrics, optimiser, scheduler, logging).
+
+A subclass only builds its image backbone (an ``nn.Module`` with ``out_features`` whose forward
+maps ``(B, C, H, W)`` to ``(B, out_features)``) and calls :meth:`CXRClassifier.attach_backbone`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import nn
+
+from cxr_lightning.data.labels import LABELS, NO_FINDING
+from cxr_lightning.losses import WeightedBCEWithLogits
+from cxr_lightning.metrics import PredictionCollector, classification_metrics, format_metrics_table
+from cxr_lightning.models.fusion import MetadataFusionHead
+
+SchedulerName = Literal["none", "plateau", "warmup_linear"]
+#: Which threshold each logged metric group uses: the default 0.5 and the tuned per-label ones.
+THRESHOLD_GROUPS = ("default", "tuned")
+
+
+class CXRClassifier(L.LightningModule):
+    """Multi-label classifier: backbone -> pooled features -> :class:`MetadataFusionHead`.
+
+    Args:
+        num_labels: number of outputs (linked from the DataModule).
+        metadata_dim: width of the encoded metadata (linked from the DataModule).
+        label_names: names of the outputs, in order (linked from the DataModule).
+        pos_weight: per-label positive-class weights of the loss (linked from the DataModule).
+        metadata_hidden: widths of the metadata MLP; empty concatenates the metadata directly.
+        head_dropout: dropout on the pooled image features before the head.
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay.
+        scheduler: ``none``; ``plateau`` (ReduceLROnPlateau on ``val/loss``, once per epoch);
+            ``warmup_linear`` (linear warm-up over ``warmup_fraction`` of the steps, then linear
+            decay to zero, per step).
+        warmup_fraction: fraction of all training steps used for warm-up.
+        plateau_factor: ReduceLROnPlateau factor.
+        plateau_patience: ReduceLROnPlateau patience in epochs.
+    """
+
+    def __init__(
+        self,
+        num_labels: int = len(LABELS),
+        metadata_dim: int = 5,
+        label_names: list[str] | None = None,
+        pos_weight: list[float] | None = None,
+        metadata_hidden: Sequence[int] = (),
+        head_dropout: float = 0.0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        scheduler: SchedulerName = "none",
+        warmup_fraction: float = 0.1,
+        plateau_factor: float = 0.1,
+        plateau_patience: int = 10,
+    ):
+        super().__init__()
+        label_names = list(label_names) if label_names is not None else list(LABELS[:num_labels])
+        if len(label_names) != num_labels:
+            raise ValueError(f"{len(label_names)} label names for {num_labels} labels")
+        self.save_hyperparameters()
+        self.label_names = label_names
+        self.criterion = WeightedBCEWithLogits(num_labels, pos_weight)
+        # Tuned on validation by ThresholdTuner; a buffer so every checkpoint carries it.
+        self.register_buffer("thresholds", torch.full((num_labels,), 0.5))
+        self.val_predictions = PredictionCollector()
+        self.test_predictions = PredictionCollector()
+        self.backbone: nn.Module | None = None
+        self.head: MetadataFusionHead | None = None
+        self.test_results: dict[str, Any] = {}
+
+    def attach_backbone(self, backbone: nn.Module) -> None:
+        """Install the image backbone and a fusion head sized for it."""
+        h = self.hparams
+        self.backbone = backbone
+        self.head = MetadataFusionHead(backbone.out_features, h.metadata_dim, h.num_labels, h.metadata_hidden, h.head_dropout)
+
+    def forward(self, images: torch.Tensor, metadata: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, num_labels)`` for images ``(B, C, H, W)`` and metadata ``(B, metadata_dim)``."""
+        return self.head(self.backbone(images), metadata)
+
+    def predict_proba(self, images: torch.Tensor, metadata: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self(images, metadata).float())
+
+    # ----- steps -----
+    def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch["image"], batch["metadata"])
+        loss = self.criterion(logits, batch["labels"])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss {loss.item()} at global step {self.global_step} "
+                f"(images {list(batch['name'])[:4]}...); lower the learning rate or check the inputs"
+            )
+        return loss, logits
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, _ = self.model_step(batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss, logits = self.model_step(batch)
+        # sync_dist: the epoch's val/loss is the mean over every rank (it drives the scheduler).
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(batch["labels"]))
+        self.val_predictions.update(torch.sigmoid(logits.float()), batch["labels"], batch["index"])
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        loss, logits = self.model_step(batch)
+        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["labels"]))
+        self.test_predictions.update(torch.sigmoid(logits.float()), batch["labels"], batch["index"])
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        probs = self.predict_proba(batch["image"], batch["metadata"])
+        return {"name": batch["name"], "probs": probs, "decisions": probs >= self.thresholds}
+
+    # ----- epoch ends: metrics over the whole epoch, gathered across ranks -----
+    def _metrics(self, collector: PredictionCollector) -> dict[str, dict]:
+        epoch = collector.compute()
+        no_finding = NO_FINDING if NO_FINDING in self.label_names else None
+        return {
+            "default": classification_metrics(epoch.probs, epoch.targets, torch.full_like(self.thresholds, 0.5), self.label_names, no_finding),
+            "tuned": classification_metrics(epoch.probs, epoch.targets, self.thresholds, self.label_names, no_finding),
+        }
+
+    def _log_metrics(self, stage: str, metrics: dict[str, dict]) -> None:
+        # Every rank holds the same gathered predictions, so no further sync is needed.
+        for group, values in metrics.items():
+            suffix = "" if group == "tuned" else "@0.5"
+            for name in ("auroc_macro", "auroc_findings", "f1_macro", "precision_macro", "recall_macro", "exact_match"):
+                if group == "default" and name.startswith("auroc"):
+                    continue  # AUROC does not depend on the threshold
+                value = values[name]
+                if value is not None and not math.isnan(value):
+                    self.log(f"{stage}/{name}{suffix}", value, prog_bar=(name == "auroc_macro"))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self.val_predictions.reset()
+            return
+        self._log_metrics("val", self._metrics(self.val_predictions))
+        self.val_predictions.reset()
+
+    def on_test_epoch_end(self) -> None:
+        epoch = self.test_predictions.compute()
+        metrics = self._metrics(self.test_predictions)
+        self._log_metrics("test", metrics)
+        self.test_results = {"metrics": metrics, "predictions": epoch, "thresholds": self.thresholds.tolist()}
+        if self.trainer.is_global_zero:
+            rank_zero_info("\n" + format_metrics_table({"threshold 0.5": metrics["default"], "tuned thresholds": metrics["tuned"]}))
+        self.test_predictions.reset()
+
+    # ----- optimisation -----
+    def configure_optimizers(self) -> Any:
+        h = self.hparams
+        # Every trainable parameter, the new head included (the paper's ResNet code left it out).
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=h.lr, weight_decay=h.weight_decay)
+        if h.scheduler == "none":
+            return optimizer
+        if h.scheduler == "plateau":
+            plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=h.plateau_factor, patience=h.plateau_patience)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss", "interval": "epoch"}}
+        if h.scheduler == "warmup_linear":
+            total = max(int(self.trainer.estimated_stepping_batches), 1)
+            warmup = max(int(round(h.warmup_fraction * total)), 1)
+
+            def factor(step: int) -> float:
+                if step < warmup:
+                    return (step + 1) / warmup
+                return max(0.0, (total - step) / max(total - warmup, 1))
+
+            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        raise ValueError(f"unknown scheduler {h.scheduler!r}; choose none, plateau or warmup_linear")

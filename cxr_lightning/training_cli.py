@@ -1,0 +1,65 @@
+"""LightningCLI for fit/validate/test/predict, with the links from the data to the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from cxr_lightning.callbacks import TestOutputWriter, ThresholdTuner
+from cxr_lightning.data.datamodule import ChestXrayDataModule
+from cxr_lightning.models.base import CXRClassifier
+
+
+class CXRLightningCLI(LightningCLI):
+    """``cxr-lightning fit --config configs/resnet_log.yaml``.
+
+    Always present (configurable under their own keys): ``threshold_tuner``, ``test_outputs``
+    and ``checkpoint`` (best by ``val/loss`` plus ``last.ckpt``, in
+    ``trainer.default_root_dir/checkpoints``). ``test_after_fit: true`` tests the best
+    checkpoint when ``fit`` ends, in the same process.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(CXRClassifier, ChestXrayDataModule, *args, **kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ThresholdTuner, "threshold_tuner")
+        parser.add_lightning_class_args(TestOutputWriter, "test_outputs")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.mode": "min", "checkpoint.save_last": True,
+                             "checkpoint.filename": "best-{epoch:02d}"})  # fmt: skip
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
+        parser.add_argument("--test_after_fit", type=bool, default=False, help="run test on the best checkpoint after fit")
+        for source, target in (
+            ("data.num_labels", "model.init_args.num_labels"),
+            ("data.label_names", "model.init_args.label_names"),
+            ("data.metadata_dim", "model.init_args.metadata_dim"),
+            ("data.pos_weight", "model.init_args.pos_weight"),
+        ):
+            parser.link_arguments(source, target, apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        # Keep W&B's local files in the run directory unless a config says otherwise.
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        trainer = config.get("trainer", {})
+        root = trainer.get("default_root_dir") or "."
+        logger = trainer.get("logger")
+        for entry in logger if isinstance(logger, list) else [logger]:
+            if entry is not None and not isinstance(entry, bool) and "WandbLogger" in str(entry.get("class_path", "")):
+                init = entry.get("init_args")
+                if init is not None and not init.get("save_dir"):
+                    init["save_dir"] = root
+
+    def after_fit(self) -> None:
+        if self.config.fit.get("test_after_fit"):
+            best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+def _checkpoint_dir(root: str | None) -> str:
+    return str(Path(root or ".") / "checkpoints")
+

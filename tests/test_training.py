@@ -1,0 +1,220 @@
+"""Training through the CLI on synthetic data: outputs, thresholds, optimisation, DDP equality."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from sklearn.metrics import f1_score, roc_auc_score
+
+from cxr_lightning.cli import main
+from cxr_lightning.data.labels import LABELS
+from cxr_lightning.models import BaselineCNN
+
+TINY_CNN = ["--model", "cxr_lightning.models.BaselineCNN", "--model.channels", "[8, 8, 16, 16, 16]"]
+
+
+def cli_args(root: Path, run: Path, *extra: str, epochs: int = 1) -> list[str]:
+    return [
+        *TINY_CNN,
+        f"--data.data_root={root}", "--data.split=official", "--data.val_fraction=0.25", "--data.seed=0",
+        "--data.image_size=32", "--data.batch_size=16", "--data.num_workers=0", "--data.pos_weight=log",
+        f"--trainer.default_root_dir={run}", f"--trainer.max_epochs={epochs}", "--trainer.accelerator=cpu",
+        "--trainer.devices=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+        "--seed_everything=0", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_run(synthetic_root, tmp_path_factory):
+    """One short fit + test of a tiny CNN; later tests inspect its outputs."""
+    run = tmp_path_factory.mktemp("run")
+    main(["fit", *cli_args(synthetic_root, run, "--test_after_fit=true", epochs=2)])
+    return run
+
+
+def test_fit_writes_checkpoints_thresholds_and_test_outputs(trained_run, synthetic_root):
+    assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((trained_run / "checkpoints").glob("best-*.ckpt"))) == 1
+    for name in ("metrics.json", "per_label.csv", "test_predictions.csv", "thresholds.json", "roc_curves.png"):
+        assert (trained_run / name).is_file(), name
+    predictions = pd.read_csv(trained_run / "test_predictions.csv")
+    test_list = (synthetic_root / "test_list.txt").read_text().split()
+    assert sorted(predictions["image"]) == sorted(test_list)
+    assert list(predictions.columns[1:16]) == [f"prob_{n}" for n in LABELS]
+
+
+def test_reported_metrics_equal_sklearn_on_the_written_predictions(trained_run):
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    predictions = pd.read_csv(trained_run / "test_predictions.csv")
+    probs = predictions[[f"prob_{n}" for n in LABELS]].to_numpy()
+    labels = predictions[[f"label_{n}" for n in LABELS]].to_numpy()
+    present = [i for i in range(15) if 0 < labels[:, i].sum() < len(labels)]
+    auroc = np.mean([roc_auc_score(labels[:, i], probs[:, i]) for i in present])
+    assert metrics["tuned"]["auroc_macro"] == pytest.approx(auroc, abs=1e-4)  # probabilities stored to 6 digits
+    thresholds = np.array([metrics["thresholds"][n] for n in LABELS])
+    for group, cut in (("default", 0.5), ("tuned", thresholds)):
+        decisions = (probs >= cut).astype(int)
+        assert metrics[group]["f1_macro"] == pytest.approx(f1_score(labels, decisions, average="macro", zero_division=0), abs=2e-3)
+        assert metrics[group]["exact_match"] == pytest.approx((decisions == labels).all(axis=1).mean(), abs=2e-3)
+
+
+def test_checkpoint_carries_tuned_thresholds(trained_run):
+    best = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    state = torch.load(best, map_location="cpu", weights_only=False)
+    thresholds = state["state_dict"]["thresholds"]
+    assert thresholds.shape == (15,) and not torch.allclose(thresholds, torch.full((15,), 0.5))
+    model = BaselineCNN.load_from_checkpoint(best, map_location="cpu")
+    assert torch.equal(model.thresholds, thresholds) and model.label_names == list(LABELS)
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert [metrics["thresholds"][n] for n in LABELS] == pytest.approx(thresholds.tolist())
+
+
+def test_thresholds_are_the_best_f1_on_validation(trained_run, synthetic_root, tmp_path):
+    """validate on the best checkpoint re-tunes on the whole validation set: same thresholds."""
+    best = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    run = tmp_path / "validate"
+    main(["validate", *cli_args(synthetic_root, run), f"--ckpt_path={best}"])
+    tuned = json.loads((run / "thresholds.json").read_text())
+    model = BaselineCNN.load_from_checkpoint(best, map_location="cpu")
+    assert list(tuned["thresholds"].values()) == pytest.approx(model.thresholds.tolist(), abs=1e-6)
+    assert tuned["num_images"] == _part_size(synthetic_root, "val")
+
+
+def _part_size(root: Path, part: str) -> int:
+    from cxr_lightning.data import ChestXrayDataModule
+
+    dm = ChestXrayDataModule(data_root=root, split="official", val_fraction=0.25, seed=0)
+    return len(dm._tables()[1].part(part))
+
+
+def test_head_is_optimised_and_gradients_are_clipped(synthetic_root, tmp_path):
+    model = BaselineCNN(channels=(8, 8, 16, 16, 16), lr=1.0)
+    optimizer = model.configure_optimizers()
+    optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in optimised for p in model.head.parameters())
+    assert optimised == {id(p) for p in model.parameters()}
+
+    from lightning.pytorch import Callback, Trainer
+
+    from cxr_lightning.data import ChestXrayDataModule
+
+    class GradNorms(Callback):
+        norms: list[float] = []
+
+        def on_train_start(self, trainer, pl_module):
+            def record(optimizer, args, kwargs):
+                grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+                self.norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+            # post hook: Lightning computes the gradients inside optimizer.step(closure), then clips
+            trainer.optimizers[0].register_step_post_hook(record)
+
+    def run(clip):
+        recorder = GradNorms()
+        recorder.norms = []
+        dm = ChestXrayDataModule(data_root=synthetic_root, split="official", val_fraction=0.25, image_size=32, batch_size=16, num_workers=0, pos_weight="linear")
+        trainer = Trainer(max_steps=4, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                          accelerator="cpu", callbacks=[recorder], gradient_clip_val=clip, default_root_dir=tmp_path)  # fmt: skip
+        trainer.fit(BaselineCNN(channels=(8, 8, 16, 16, 16), label_names=dm.label_names, pos_weight=dm.pos_weight), datamodule=dm)
+        return recorder.norms
+
+    unclipped, clipped = run(None), run(0.05)
+    assert len(clipped) == 4 and max(unclipped) > 0.1
+    assert max(clipped) <= 0.05 + 1e-4
+
+
+def test_warmup_linear_schedule(synthetic_root, tmp_path):
+    from lightning.pytorch import Callback, Trainer
+
+    from cxr_lightning.data import ChestXrayDataModule
+
+    class LRs(Callback):
+        def __init__(self):
+            self.lrs = []
+
+        def on_train_batch_start(self, trainer, *args):
+            self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    lrs = LRs()
+    dm = ChestXrayDataModule(data_root=synthetic_root, split="official", val_fraction=0.25, image_size=32, batch_size=8, num_workers=0)
+    trainer = Trainer(max_epochs=2, limit_train_batches=5, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, accelerator="cpu", callbacks=[lrs], default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(BaselineCNN(channels=(8, 8, 8, 8, 8), lr=1e-3, scheduler="warmup_linear", warmup_fraction=0.2), datamodule=dm)
+    # 10 steps, 2 of warm-up: 0.5e-3, 1e-3, then linear decay to 0.
+    expected = [5e-4, 1e-3] + [1e-3 * (10 - s) / 8 for s in range(2, 10)]
+    assert lrs.lrs == pytest.approx(expected)
+
+
+def test_every_shipped_config_parses(capsys):
+    from cxr_lightning.cli import shipped_config_names
+
+    names = shipped_config_names()
+    assert {"cnn.yaml", "resnet_linear.yaml", "resnet_log.yaml", "resnet_log_conv.yaml", "demo.yaml"} <= set(names)
+    assert {f"beit_model{i}.yaml" for i in range(1, 6)} <= set(names)
+    for name in names:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", "--config", name, "--print_config"])
+        assert exit_info.value.code in (0, None), name
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["model"]["class_path"].startswith("cxr_lightning.models."), name
+        assert printed["checkpoint"]["monitor"] == "val/loss" and printed["trainer"]["default_root_dir"].startswith("runs/")
+        assert "num_labels" not in printed["model"]["init_args"]  # linked from the data, never typed
+
+
+def test_bare_config_names_resolve_to_shipped_configs(tmp_path, monkeypatch):
+    from cxr_lightning.cli import resolve_config_args
+
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve_config_args(["fit", "--config", "resnet_log.yaml", "--config=cnn"])
+    assert resolved[2].endswith("configs/resnet_log.yaml") and Path(resolved[2]).is_file()
+    assert resolved[3].startswith("--config=") and resolved[3].endswith("configs/cnn.yaml")
+    (tmp_path / "resnet_log.yaml").write_text("model: {}\n")
+    assert resolve_config_args(["fit", "--config", "resnet_log.yaml"])[2] == "resnet_log.yaml"  # a local file wins
+    with pytest.raises(SystemExit, match="neither a file nor a shipped config"):
+        resolve_config_args(["fit", "--config", "nope.yaml"])
+
+
+def test_resnet_and_beit_train_through_the_cli(synthetic_root, tmp_path):
+    common = [f"--data.data_root={synthetic_root}", "--data.split=official", "--data.val_fraction=0.25",
+              "--data.image_size=32", "--data.batch_size=4", "--data.num_workers=0", "--trainer.fast_dev_run=2",
+              "--trainer.accelerator=cpu", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]  # fmt: skip
+    main(["fit", "--model=cxr_lightning.models.ResNet50Classifier", "--model.weights=null", f"--trainer.default_root_dir={tmp_path}/r", *common])
+    tiny = '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32, "patch_size": 8}'
+    main(["fit", "--model=cxr_lightning.models.BEiTClassifier", f"--model.config={tiny}", "--model.metadata_hidden=[16, 16]",
+          "--data.normalization=beit", f"--trainer.default_root_dir={tmp_path}/b", *common])  # fmt: skip
+
+
+ODD_SPLIT = ["--data.split=patient", "--data.fractions=[0.4, 0.3, 0.3]", "--data.seed=6"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_gives_the_same_metrics_and_thresholds(trained_run, synthetic_root, tmp_path):
+    """gloo on the CPU: validate (threshold tuning) and test on 1 and 2 processes agree exactly."""
+    best = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    results = {}
+    for devices in (1, 2):
+        run = tmp_path / f"ddp{devices}"
+        # Odd-sized val (65) and test (35) parts: the distributed sampler pads them with repeats,
+        # which the collector must drop.
+        args = [*cli_args(synthetic_root, run), *ODD_SPLIT, "--data.eval_batch_size=5", f"--trainer.devices={devices}", f"--ckpt_path={best}"]
+        if devices == 2:
+            args += ["--trainer.strategy=ddp"]
+        for command in ("validate", "test"):
+            env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+            subprocess.run([sys.executable, "-m", "cxr_lightning", command, *args], check=True, env=env, timeout=300)
+        results[devices] = (json.loads((run / "thresholds.json").read_text()), json.loads((run / "metrics.json").read_text()))
+    assert results[1][0]["num_images"] == results[2][0]["num_images"] == 65
+    assert results[1][0]["thresholds"] == pytest.approx(results[2][0]["thresholds"], abs=1e-6)
+    assert results[1][1]["num_images"] == results[2][1]["num_images"] == 35
+    for group in ("default", "tuned"):
+        for key, value in results[1][1][group].items():
+            assert results[2][1][group][key] == pytest.approx(value, abs=1e-6, nan_ok=True), (group, key)
