@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -95,6 +96,32 @@ class TestOutputWriter(L.Callback):
                     logger.log_image("test/roc_curves", [str(figure)])
                 rows = [[n, float(t), _finite(metrics["tuned"]["per_label"][n]["auroc"])] for n, t in zip(names, results["thresholds"])]
                 logger.log_table("test/thresholds", columns=["label", "threshold", "auroc"], data=rows)
+
+
+class PredictionCSVWriter(BasePredictionWriter):
+    """Writes ``predictions.csv`` after ``predict``: image, per-label probability and decision.
+
+    Decisions use the model's thresholds (tuned on validation when the checkpoint was trained
+    with :class:`ThresholdTuner`). With several processes each rank writes
+    ``predictions.rank{K}.csv`` for the samples it saw.
+    """
+
+    def __init__(self, out_dir: str | None = None):
+        super().__init__(write_interval="epoch")
+        self.out_dir = out_dir
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        out = Path(self.out_dir or trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        names = [name for batch in batches for name in batch["name"]]
+        probs = torch.cat([batch["probs"] for batch in batches]).cpu().numpy() if batches else np.zeros((0, len(pl_module.label_names)))
+        labels = pl_module.label_names
+        frame = pd.DataFrame(probs, columns=[f"prob_{n}" for n in labels])
+        decisions = pd.DataFrame((probs >= pl_module.thresholds.cpu().numpy()).astype(np.int8), columns=[f"pred_{n}" for n in labels])
+        name = "predictions.csv" if trainer.world_size == 1 else f"predictions.rank{trainer.global_rank}.csv"
+        pd.concat([pd.DataFrame({"image": names}), frame, decisions], axis=1).to_csv(out / name, index=False, float_format="%.6g")
+        rank_zero_info(f"[predict] wrote {len(names):,} predictions to {out / name}")
 
 
 def _image_names(trainer: L.Trainer, indices: torch.Tensor) -> list[str]:

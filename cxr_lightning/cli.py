@@ -13,6 +13,7 @@ installed package.
 from __future__ import annotations
 
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def main(args: list[str] | None = None) -> int:
         return data_main(args[1:])
     from cxr_lightning.training_cli import CXRLightningCLI
 
+    # We always pass the (config-resolved) arguments explicitly, sys.argv's included.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     CXRLightningCLI(args=resolve_config_args(args))
     return 0
 

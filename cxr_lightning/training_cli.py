@@ -4,31 +4,46 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 
-from cxr_lightning.callbacks import TestOutputWriter, ThresholdTuner
+from cxr_lightning.callbacks import PredictionCSVWriter, TestOutputWriter, ThresholdTuner
 from cxr_lightning.data.datamodule import ChestXrayDataModule
 from cxr_lightning.models.base import CXRClassifier
+
+
+class SaveConfigToLoggers(SaveConfigCallback):
+    """Writes ``config.yaml`` to the run directory and the full resolved config to W&B."""
+
+    def save_config(self, trainer, pl_module, stage) -> None:
+        wandb_loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+        if wandb_loggers and trainer.is_global_zero:
+            config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+            for logger in wandb_loggers:
+                logger.experiment.config.update(config, allow_val_change=True)
 
 
 class CXRLightningCLI(LightningCLI):
     """``cxr-lightning fit --config configs/resnet_log.yaml``.
 
-    Always present (configurable under their own keys): ``threshold_tuner``, ``test_outputs``
-    and ``checkpoint`` (best by ``val/loss`` plus ``last.ckpt``, in
+    Always present (configurable under their own keys): ``threshold_tuner``, ``test_outputs``,
+    ``predict_outputs`` and ``checkpoint`` (best by ``val/loss`` plus ``last.ckpt``, in
     ``trainer.default_root_dir/checkpoints``). ``test_after_fit: true`` tests the best
     checkpoint when ``fit`` ends, in the same process.
     """
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("save_config_callback", SaveConfigToLoggers)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(CXRClassifier, ChestXrayDataModule, *args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ThresholdTuner, "threshold_tuner")
         parser.add_lightning_class_args(TestOutputWriter, "test_outputs")
+        parser.add_lightning_class_args(PredictionCSVWriter, "predict_outputs")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.mode": "min", "checkpoint.save_last": True,
                              "checkpoint.filename": "best-{epoch:02d}"})  # fmt: skip
@@ -51,7 +66,7 @@ class CXRLightningCLI(LightningCLI):
         for entry in logger if isinstance(logger, list) else [logger]:
             if entry is not None and not isinstance(entry, bool) and "WandbLogger" in str(entry.get("class_path", "")):
                 init = entry.get("init_args")
-                if init is not None and not init.get("save_dir"):
+                if init is not None and init.get("save_dir") in (None, "", "."):
                     init["save_dir"] = root
 
     def after_fit(self) -> None:

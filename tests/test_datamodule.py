@@ -67,7 +67,7 @@ def test_beit_normalisation_and_one_channel(real_sample_root):
     dm = sample_module(real_sample_root, normalization="beit", image_size=32)
     image = dm.dataset("val")[0]["image"]
     assert image.shape == (3, 32, 32) and -1.0 <= image.min() and image.max() <= 1.0
-    grey = sample_module(real_sample_root, normalization="imagenet_grey", channels=1, image_size=32).dataset("val")[0]["image"]
+    grey = sample_module(real_sample_root, normalization="imagenet_grey", image_channels=1, image_size=32).dataset("val")[0]["image"]
     assert grey.shape == (1, 32, 32)
     assert torch.allclose(grey[0] * 0.226 + 0.449, image[0] * 0.5 + 0.5, atol=1e-5)
 
@@ -111,7 +111,7 @@ def test_metadata_encodings():
 
 
 def test_positive_class_weights_on_the_paper_split():
-    dm = ChestXrayDataModule(data_root="does-not-exist", split="paper", pos_weight="log")
+    dm = ChestXrayDataModule(data_root="does-not-exist", split="paper", class_weights="log")
     counts = np.asarray(dm.train_label_counts)
     weights = np.asarray(dm.pos_weight)
     np.testing.assert_allclose(weights, np.minimum(np.log(73_633 / counts), 20), rtol=1e-5)

@@ -26,7 +26,7 @@ def cli_args(root: Path, run: Path, *extra: str, epochs: int = 1) -> list[str]:
     return [
         *TINY_CNN,
         f"--data.data_root={root}", "--data.split=official", "--data.val_fraction=0.25", "--data.seed=0",
-        "--data.image_size=32", "--data.batch_size=16", "--data.num_workers=0", "--data.pos_weight=log",
+        "--data.image_size=32", "--data.batch_size=16", "--data.num_workers=0", "--data.class_weights=log",
         f"--trainer.default_root_dir={run}", f"--trainer.max_epochs={epochs}", "--trainer.accelerator=cpu",
         "--trainer.devices=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
         "--seed_everything=0", *extra,
@@ -121,7 +121,7 @@ def test_head_is_optimised_and_gradients_are_clipped(synthetic_root, tmp_path):
     def run(clip):
         recorder = GradNorms()
         recorder.norms = []
-        dm = ChestXrayDataModule(data_root=synthetic_root, split="official", val_fraction=0.25, image_size=32, batch_size=16, num_workers=0, pos_weight="linear")
+        dm = ChestXrayDataModule(data_root=synthetic_root, split="official", val_fraction=0.25, image_size=32, batch_size=16, num_workers=0, class_weights="linear")
         trainer = Trainer(max_steps=4, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                           accelerator="cpu", callbacks=[recorder], gradient_clip_val=clip, default_root_dir=tmp_path)  # fmt: skip
         trainer.fit(BaselineCNN(channels=(8, 8, 16, 16, 16), label_names=dm.label_names, pos_weight=dm.pos_weight), datamodule=dm)
@@ -218,3 +218,41 @@ def test_two_process_ddp_gives_the_same_metrics_and_thresholds(trained_run, synt
     for group in ("default", "tuned"):
         for key, value in results[1][1][group].items():
             assert results[2][1][group][key] == pytest.approx(value, abs=1e-6, nan_ok=True), (group, key)
+
+
+def test_predict_writes_probabilities_and_tuned_decisions(trained_run, synthetic_root, tmp_path):
+    best = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    run = tmp_path / "predict"
+    main(["predict", *cli_args(synthetic_root, run), f"--ckpt_path={best}"])
+    predictions = pd.read_csv(run / "predictions.csv")
+    tested = pd.read_csv(trained_run / "test_predictions.csv").set_index("image")
+    assert sorted(predictions["image"]) == sorted(tested.index)
+    thresholds = json.loads((trained_run / "metrics.json").read_text())["thresholds"]
+    for label in ("Effusion", "No Finding"):
+        probs = predictions.set_index("image")[f"prob_{label}"]
+        assert np.allclose(probs, tested.loc[probs.index, f"prob_{label}"], atol=1e-5)
+        assert (predictions[f"pred_{label}"] == (predictions[f"prob_{label}"] >= thresholds[label]).astype(int)).all()
+
+
+def test_wandb_offline_run_writes_local_files(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "wandb_run"
+    args = [a for a in cli_args(synthetic_root, run, "--test_after_fit=true") if a != "--trainer.logger=false"]
+    main(["fit", *args, "--trainer.logger=lightning.pytorch.loggers.WandbLogger", "--trainer.logger.offline=true",
+          "--trainer.logger.project=cxr-test", "--trainer.limit_train_batches=2"])  # fmt: skip
+    offline_runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("run-*.wandb"))
+    media = offline_runs[0] / "files" / "media"
+    assert list(media.glob("images/test/roc_curves*.png")) and list(media.glob("table/test/thresholds*.table.json"))
+    assert (run / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_demo_config_learns_the_synthetic_findings(tmp_path, monkeypatch):
+    """The README's `make demo` job, as shipped, in a temporary folder: macro AUROC >= 0.90."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    main(["fit", "--config", "demo.yaml", "--trainer.enable_progress_bar=false"])
+    metrics = json.loads((tmp_path / "runs" / "demo" / "metrics.json").read_text())
+    assert metrics["num_images"] == len((tmp_path / "data" / "demo" / "test_list.txt").read_text().split())
+    assert metrics["tuned"]["auroc_macro"] >= 0.90 and metrics["tuned"]["auroc_findings"] >= 0.90

@@ -74,7 +74,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         bad_values: ``missing`` (count and impute bad ages/sexes/views) or ``error``.
         include_no_finding: 15 labels (the paper's) or the 14 findings only.
         image_size: side of the square model input in pixels.
-        channels: 3 (grey replicated, for ImageNet backbones) or 1.
+        image_channels: 3 (grey replicated, for ImageNet backbones) or 1.
         normalization: ``imagenet``, ``beit`` (0.5/0.5), ``imagenet_grey`` or ``none``.
         augment: augment the training split (rotation, brightness/contrast jitter).
         rotation_degrees: maximum absolute rotation angle.
@@ -82,7 +82,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         contrast: contrast jitter (factor drawn from [1 - c, 1 + c]).
         metadata_encoding: ``onehot`` (paper text, 5 features), ``code`` (ResNet/BEiT code, 3)
             or ``cnn`` (CNN code, 3).
-        pos_weight: positive-class loss weights from the train split: ``none``, ``linear``,
+        class_weights: positive-class loss weights from the train split: ``none``, ``linear``,
             ``log`` (ResNet code) or ``beit_log`` (BEiT code).
         batch_size: training batch size (per device).
         eval_batch_size: validation/test batch size; default ``batch_size``.
@@ -106,14 +106,14 @@ class ChestXrayDataModule(L.LightningDataModule):
         bad_values: BadValuePolicy = "missing",
         include_no_finding: bool = True,
         image_size: int = 224,
-        channels: Literal[1, 3] = 3,
+        image_channels: Literal[1, 3] = 3,
         normalization: str = "imagenet",
         augment: bool = True,
         rotation_degrees: float = 10.0,
         brightness: float = 0.1,
         contrast: float = 0.1,
         metadata_encoding: MetadataEncoding = "onehot",
-        pos_weight: PosWeightScheme = "none",
+        class_weights: PosWeightScheme = "none",
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         num_workers: int = 4,
@@ -122,9 +122,12 @@ class ChestXrayDataModule(L.LightningDataModule):
         synthetic: SyntheticData | None = None,
     ):
         super().__init__()
+        if isinstance(synthetic, dict):  # jsonargparse may hand the dataclass over as a dict
+            synthetic = SyntheticData(**synthetic)
         self.save_hyperparameters()
-        normalization_stats(normalization, channels)  # fail early on a bad name
+        normalization_stats(normalization, image_channels)  # fail early on a bad name
         self.data_root = Path(data_root)
+        self.synthetic = synthetic
         self.encoder = MetadataEncoder(metadata_encoding)
         self._meta: NIHMetadata | None = None
         self._split: Split | None = None
@@ -152,13 +155,13 @@ class ChestXrayDataModule(L.LightningDataModule):
     def pos_weight(self) -> list[float] | None:
         _, split = self._tables()
         weights = positive_class_weights(
-            np.asarray(self.train_label_counts), len(split.train), self.hparams.pos_weight, tuple(self.label_names)
+            np.asarray(self.train_label_counts), len(split.train), self.hparams.class_weights, tuple(self.label_names)
         )
         return None if weights is None else weights.tolist()
 
     @property
     def normalization_stats(self) -> tuple[list[float], list[float]]:
-        return normalization_stats(self.hparams.normalization, self.hparams.channels)
+        return normalization_stats(self.hparams.normalization, self.hparams.image_channels)
 
     # ----- metadata and split -----
     def _tables(self) -> tuple[NIHMetadata, Split]:
@@ -185,7 +188,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         return self._meta, self._split
 
     def _ensure_synthetic(self) -> None:
-        spec = self.hparams.synthetic
+        spec = self.synthetic
         if spec is None or find_metadata_csv(self.data_root).parent == self.data_root:
             return
         from cxr_lightning.data.synthetic import generate_synthetic_dataset
@@ -229,7 +232,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             )
         h = self.hparams
         augmentation = Augmentation(h.rotation_degrees, h.brightness, h.contrast) if (part == "train" and h.augment) else None
-        transform = ImageTransform(h.image_size, h.channels, h.normalization, augmentation)
+        transform = ImageTransform(h.image_size, h.image_channels, h.normalization, augmentation)
         return ChestXrayDataset(
             paths=[located[n] for n in names],
             labels=meta.label_matrix(tuple(self.label_names))[rows],
@@ -271,6 +274,6 @@ class ChestXrayDataModule(L.LightningDataModule):
             "label_names": self.label_names,
             "metadata_encoder": self.encoder.state(),
             "image_size": self.hparams.image_size,
-            "channels": self.hparams.channels,
+            "image_channels": self.hparams.image_channels,
             "normalization": {"name": self.hparams.normalization, "mean": mean, "std": std},
         }

@@ -117,7 +117,7 @@ class CXRClassifier(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probs = self.predict_proba(batch["image"], batch["metadata"])
-        return {"name": batch["name"], "probs": probs, "decisions": probs >= self.thresholds}
+        return {"name": batch["name"], "probs": probs}
 
     # ----- epoch ends: metrics over the whole epoch, gathered across ranks -----
     def _metrics(self, collector: PredictionCollector) -> dict[str, dict]:
