@@ -64,8 +64,30 @@ def main(args: list[str] | None = None) -> int:
 
     # We always pass the (config-resolved) arguments explicitly, sys.argv's included.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    CXRLightningCLI(args=resolve_config_args(args))
+    try:
+        CXRLightningCLI(args=resolve_config_args(args))
+    except Exception as err:  # noqa: BLE001 - only known user errors are shortened, the rest re-raised
+        message = user_error(err)
+        if message is None:
+            raise
+        print(f"cxr-lightning: error: {message}", file=sys.stderr)
+        return 1
     return 0
+
+
+def user_error(err: BaseException) -> str | None:
+    """The message of a missing-data, missing-weights or bad-metadata error, even when wrapped."""
+    from cxr_lightning.data.datamodule import DataNotFoundError
+    from cxr_lightning.data.metadata import MetadataError
+    from cxr_lightning.models.weights import WeightsNotFoundError
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (DataNotFoundError, MetadataError, WeightsNotFoundError)):
+            return str(err)
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

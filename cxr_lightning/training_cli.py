@@ -69,6 +69,13 @@ class CXRLightningCLI(LightningCLI):
                 if init is not None and init.get("save_dir") in (None, "", "."):
                     init["save_dir"] = root
 
+    def instantiate_classes(self) -> None:
+        # The data is checked before the model loads its (possibly large) pretrained weights.
+        data_config = self.config.get(self.subcommand, self.config).get("data") if self.subcommand else self.config.get("data")
+        if data_config is not None:
+            ChestXrayDataModule(**{k: v for k, v in vars(data_config).items() if not k.startswith("__")}).check_images_present()
+        super().instantiate_classes()
+
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit"):
             best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""

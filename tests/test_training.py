@@ -17,7 +17,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from cxr_lightning.cli import main
 from cxr_lightning.data.labels import LABELS
-from cxr_lightning.models import BaselineCNN
+from cxr_lightning.models import BaselineCNN, BEiTClassifier
 
 TINY_CNN = ["--model", "cxr_lightning.models.BaselineCNN", "--model.channels", "[8, 8, 16, 16, 16]"]
 
@@ -170,6 +170,13 @@ def test_every_shipped_config_parses(capsys):
         assert "num_labels" not in printed["model"]["init_args"]  # linked from the data, never typed
 
 
+def test_printed_config_is_commented(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "resnet_log.yaml", "--print_config=comments"])
+    printed = capsys.readouterr().out
+    assert "# torchvision ``ResNet50_Weights`` name" in printed and "# positive-class loss weights from the train split" in printed
+
+
 def test_bare_config_names_resolve_to_shipped_configs(tmp_path, monkeypatch):
     from cxr_lightning.cli import resolve_config_args
 
@@ -256,3 +263,29 @@ def test_demo_config_learns_the_synthetic_findings(tmp_path, monkeypatch):
     metrics = json.loads((tmp_path / "runs" / "demo" / "metrics.json").read_text())
     assert metrics["num_images"] == len((tmp_path / "data" / "demo" / "test_list.txt").read_text().split())
     assert metrics["tuned"]["auroc_macro"] >= 0.90 and metrics["tuned"]["auroc_findings"] >= 0.90
+
+
+def test_missing_data_and_missing_weights_are_clear_errors(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "--config", "resnet_log.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert "no images under" in err and "cxr-lightning data download --root data/nih" in err
+    images = tmp_path / "nih" / "images"
+    images.mkdir(parents=True)
+    (images / "00000001_000.png").write_bytes(b"")
+    missing = tmp_path / "resnet50.pth"
+    assert main(["fit", "--config", "resnet_log.yaml", "--data.data_root=nih", f"--model.weights_path={missing}"]) == 1
+    err = capsys.readouterr().err
+    assert str(missing) in err and "Traceback" not in err
+
+
+def test_transfer_learning_trains_only_the_head_and_plateau_watches_val_loss():
+    tiny = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32, "patch_size": 8}
+    model = BEiTClassifier(config=tiny, freeze_backbone=True, metadata_dim=3, metadata_hidden=(64, 32))
+    optimizer = model.configure_optimizers()
+    optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in model.head.parameters()}
+    assert model.head.classifier.in_features == 32 + 32
+    plateau = BaselineCNN(channels=(8, 8, 8, 8, 8), scheduler="plateau").configure_optimizers()
+    assert plateau["lr_scheduler"]["monitor"] == "val/loss"
+    assert isinstance(plateau["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)

@@ -38,6 +38,10 @@ DOWNLOAD_HINT = (
 )
 
 
+class DataNotFoundError(FileNotFoundError):
+    """The images of a split are not under the data root."""
+
+
 @dataclass
 class SyntheticData:
     """Generate a synthetic NIH-layout dataset in ``data_root`` when it holds no metadata CSV."""
@@ -208,6 +212,11 @@ class ChestXrayDataModule(L.LightningDataModule):
             if find_metadata_csv(self.data_root).parent != self.data_root:
                 raise
 
+    def check_images_present(self) -> None:
+        """Fail early, before models load weights, when the data root holds no image at all."""
+        if self.synthetic is None and not index_images(self.data_root):
+            raise DataNotFoundError(f"no images under {self.data_root.resolve()}/images.\n" + DOWNLOAD_HINT.format(root=self.data_root))
+
     # ----- Lightning hooks -----
     def prepare_data(self) -> None:
         self._ensure_synthetic()
@@ -226,7 +235,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         located = index_images(self.data_root)
         missing = [n for n in names if n not in located]
         if missing:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"{len(missing):,} of {len(names):,} {part} images are missing under {self.data_root.resolve()}/images "
                 f"(e.g. {missing[:3]}).\n" + DOWNLOAD_HINT.format(root=self.data_root)
             )

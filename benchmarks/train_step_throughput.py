@@ -1,0 +1,115 @@
+"""Training-step throughput of each model on synthetic tensors: images/s and peak memory.
+
+One step = forward, weighted BCE loss, backward and an Adam update, exactly the modules the
+CLI trains (pretrained weights are not needed for speed, so backbones start random).
+
+    python benchmarks/train_step_throughput.py                       # CPU, 64x64, batch 16
+    python benchmarks/train_step_throughput.py --device cuda --image-size 224 --batch-size 128 --precision bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import platform
+import resource
+import time
+
+import torch
+
+from cxr_lightning.models import BaselineCNN, BEiTClassifier, ResNet50Classifier
+
+BEIT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072, "patch_size": 16}
+
+
+def build(name: str, image_size: int):
+    if name == "cnn":
+        return BaselineCNN(metadata_dim=3), 3, image_size
+    if name == "resnet50":
+        return ResNet50Classifier(weights=None, metadata_dim=3), 3, image_size
+    if name == "resnet50_stem":
+        # The stem turns a 1024x1024 grey image into 244x244; we feed 4x the image size here.
+        return ResNet50Classifier(weights=None, high_res_stem=True, metadata_dim=3), 1, image_size * 4
+    if name == "beit_base":
+        return BEiTClassifier(config={**BEIT_BASE, "image_size": image_size}, metadata_dim=3), 3, image_size
+    raise ValueError(name)
+
+
+def measure(name: str, args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    model, channels, size = build(name, args.image_size)
+    model.to(device).train()
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    images = torch.randn(args.batch_size, channels, size, size, device=device)
+    if args.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    metadata = torch.randn(args.batch_size, 3, device=device)
+    labels = (torch.rand(args.batch_size, 15, device=device) < 0.1).float()
+    dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[args.precision]
+    step_fn = model
+    if args.compile:
+        step_fn = torch.compile(model)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = step_fn(images, metadata)
+        loss = model.criterion(logits, labels)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "model": name,
+        "params (M)": sum(p.numel() for p in model.parameters()) / 1e6,
+        "input": f"{channels}x{size}x{size}",
+        "images/s": args.batch_size * args.steps / elapsed,
+        "ms/step": 1000 * elapsed / args.steps,
+        "peak MiB": peak,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["cnn", "resnet50", "resnet50_stem", "beit_base"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--precision", choices=("32", "bf16", "16"), default="32")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    # One fresh process per model, so each peak-memory figure is that model's alone.
+    ctx = multiprocessing.get_context("spawn")
+    rows = []
+    for name in args.models:
+        with ctx.Pool(1) as pool:
+            rows.append(pool.apply(measure, (name, args)))
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"\ntrain-step throughput on {device}; torch {torch.__version__}; batch {args.batch_size}, precision {args.precision}"
+          f"{', channels-last' if args.channels_last else ''}{', compiled' if args.compile else ''}; peak memory: "
+          f"{'CUDA max allocated' if args.device.startswith('cuda') else 'max RSS of a process running only that model'}\n")  # fmt: skip
+    print("| model | params (M) | input | images/s | ms/step | peak MiB |")
+    print("|---|---:|---|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['model']} | {r['params (M)']:.1f} | {r['input']} | {r['images/s']:.1f} | {r['ms/step']:.0f} | {r['peak MiB']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
