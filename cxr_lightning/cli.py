@@ -60,6 +60,11 @@ def main(args: list[str] | None = None) -> int:
         from cxr_lightning.data.commands import main as data_main
 
         return data_main(args[1:])
+    if not args or args[0] in ("-h", "--help"):
+        print("cxr-lightning: train and evaluate chest X-ray classifiers on NIH ChestX-ray14.\n"
+              "  cxr-lightning fit|validate|test|predict --config NAME.yaml   (LightningCLI, below)\n"
+              "  cxr-lightning data stats|split|synth|download ...          (cxr-lightning data --help)\n"
+              f"  shipped configs: {', '.join(shipped_config_names())}\n")  # fmt: skip
     from cxr_lightning.training_cli import CXRLightningCLI
 
     # We always pass the (config-resolved) arguments explicitly, sys.argv's included.

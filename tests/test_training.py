@@ -289,3 +289,13 @@ def test_transfer_learning_trains_only_the_head_and_plateau_watches_val_loss():
     plateau = BaselineCNN(channels=(8, 8, 8, 8, 8), scheduler="plateau").configure_optimizers()
     assert plateau["lr_scheduler"]["monitor"] == "val/loss"
     assert isinstance(plateau["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def test_fourteen_findings_only(synthetic_root, tmp_path):
+    run = tmp_path / "findings"
+    main(["fit", *cli_args(synthetic_root, run, "--data.include_no_finding=false", "--test_after_fit=true")])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert list(metrics["thresholds"]) == [n for n in LABELS if n != "No Finding"]
+    # without No Finding the paper's macro AUROC and the findings' mean are the same number
+    assert metrics["tuned"]["auroc_macro"] == pytest.approx(metrics["tuned"]["auroc_findings"])
+    assert BaselineCNN(num_labels=14).label_names == [n for n in LABELS if n != "No Finding"]

@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from cxr_lightning.data.labels import LABELS, NO_FINDING
+from cxr_lightning.data.labels import FINDINGS, LABELS, NO_FINDING
 from cxr_lightning.losses import WeightedBCEWithLogits
 from cxr_lightning.metrics import PredictionCollector, classification_metrics, format_metrics_table
 from cxr_lightning.models.fusion import MetadataFusionHead
@@ -61,7 +61,11 @@ class CXRClassifier(L.LightningModule):
         plateau_patience: int = 10,
     ):
         super().__init__()
-        label_names = list(label_names) if label_names is not None else list(LABELS[:num_labels])
+        if label_names is None:
+            if num_labels not in (len(LABELS), len(FINDINGS)):
+                raise ValueError(f"label_names are needed for {num_labels} labels (only 15 or 14 have default names)")
+            label_names = list(LABELS if num_labels == len(LABELS) else FINDINGS)
+        label_names = list(label_names)
         if len(label_names) != num_labels:
             raise ValueError(f"{len(label_names)} label names for {num_labels} labels")
         self.save_hyperparameters()
