@@ -1,16 +1,43 @@
-# cxr-lightning: `make help` lists the targets.
+# cxr-lightning. `make help` lists the targets.
+#
+# A full reproduction on real data:  make tables NIH_ROOT=/data/nih GPUS=8
+# The same plumbing in minutes on the CPU, on synthetic data:  make tables SMOKE=1
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CLI := $(BIN)/cxr-lightning
+
 NIH_ROOT ?= data/nih
+GPUS ?= 1
+NODES ?= 1
+STRATEGY ?= auto
+PRECISION ?= 32-true
+WANDB_PROJECT ?= cxr-lightning
+
+# Every run of the paper's tables, one per config in configs/.
+RUNS := cnn resnet_linear resnet_log resnet_log_conv beit_model1 beit_model2 beit_model3 beit_model4 beit_model5
+
+ifeq ($(SMOKE),1)
+OUT ?= runs/smoke
+RUN_ARGS := --config configs/smoke.yaml
+# Per model family: random weights and a tiny BEiT, since nothing can be downloaded.
+SMOKE_cnn := --model.channels='[8, 16, 16, 32, 32]'
+SMOKE_resnet := --model.weights=null
+SMOKE_beit := --model.config='{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 64, "patch_size": 16}'
+else
 OUT ?= runs
+RUN_ARGS := --data.data_root=$(NIH_ROOT) --trainer.devices=$(GPUS) --trainer.num_nodes=$(NODES) \
+	--trainer.strategy=$(STRATEGY) --trainer.precision=$(PRECISION)
+endif
+family = $(firstword $(subst _, ,$(1)))
 
 .DEFAULT_GOAL := help
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+	@echo "  variables: NIH_ROOT=$(NIH_ROOT) GPUS=$(GPUS) NODES=$(NODES) STRATEGY=$(STRATEGY) PRECISION=$(PRECISION) WANDB_PROJECT=$(WANDB_PROJECT) OUT=$(OUT) SMOKE=$(SMOKE)"
 
 # The virtual environment is (re)built when missing or when pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -25,17 +52,48 @@ test: $(STAMP) ## run the whole test suite
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP) ## train and test the paper's CNN on embedded synthetic data (CPU, about a minute)
-	$(BIN)/cxr-lightning fit --config configs/demo.yaml
-
-table4: $(STAMP) ## Table 4 (Appendix D): class prevalence per split of the paper, from the metadata
-	@mkdir -p $(OUT)
-	$(BIN)/cxr-lightning data stats --split paper --out $(OUT)/table4.md
-	@cat $(OUT)/table4.md
+	$(CLI) fit --config configs/demo.yaml
 
 download: $(STAMP) ## download and extract the NIH images into NIH_ROOT (about 45 GB)
-	$(BIN)/cxr-lightning data download --root $(NIH_ROOT)
+	$(CLI) data download --root $(NIH_ROOT)
+
+# One run: fit, tune thresholds on validation, test the best checkpoint. make's own
+# dependency tracking skips a run whose metrics.json is newer than its config.
+$(OUT)/%/metrics.json: configs/%.yaml $(if $(filter 1,$(SMOKE)),configs/smoke.yaml) | $(STAMP)
+	$(CLI) fit --config $< $(RUN_ARGS) $(SMOKE_$(call family,$*)) --test_after_fit=true \
+		--trainer.default_root_dir=$(@D) --trainer.logger.init_args.project=$(WANDB_PROJECT)
+
+$(RUNS): %: $(OUT)/%/metrics.json
+
+cnn: ## Table 3 "Baseline (CNN)": the CNN from scratch
+resnet_linear: ## Table 1 / Table 5: ResNet-50, linear weights
+resnet_log: ## Table 1 / Table 6: ResNet-50, log weights
+resnet_log_conv: ## Table 1 / Table 7 / Table 3 "ResNet": log weights + conv input layers (1024x1024)
+beit_model1: ## Table 2 model 1: BEiT transfer learning (frozen), log weights, metadata MLP
+beit_model2: ## Table 2 model 2: BEiT fine-tuned, warm-up scheduler, unweighted
+beit_model3: ## Table 2 model 3: BEiT fine-tuned, no scheduler, log weights
+beit_model4: ## Table 2 model 4 / Table 3 "BEiT": fine-tuned, warm-up scheduler, log weights
+beit_model5: ## Table 2 model 5: fine-tuned, warm-up scheduler, log weights, metadata MLP
+
+table1: resnet_linear resnet_log resnet_log_conv ## Table 1: the three ResNet-50 rows
+table2: beit_model1 beit_model2 beit_model3 beit_model4 beit_model5 ## Table 2: the five BEiT rows
+table3: cnn resnet_log_conv beit_model4 ## Table 3: CNN, best ResNet, best BEiT
+table5: resnet_linear ## Table 5: linear weights, 0.5 vs tuned thresholds
+table6: resnet_log ## Table 6: log weights, 0.5 vs tuned thresholds
+table7: resnet_log_conv ## Table 7: log weights + conv input layers, 0.5 vs tuned thresholds
+
+table4: | $(STAMP) ## Table 4 (Appendix D): class prevalence per split, from the metadata (no training)
+	@mkdir -p $(OUT)
+	$(CLI) data stats --split paper --out $(OUT)/table4.md
+	@cat $(OUT)/table4.md
+
+tables: $(RUNS) table4 ## every table: all runs (those already done are kept), then the report
+	$(MAKE) --no-print-directory report
+
+report: | $(STAMP) ## OUT/report.md: the paper's tables with this project's values beside the paper's, and ROC figures
+	$(CLI) report --runs $(OUT) --out $(OUT)/report.md
 
 clean: ## remove the virtual environment, caches and run outputs
-	rm -rf $(VENV) .pytest_cache $(OUT) *.egg-info
+	rm -rf $(VENV) .pytest_cache runs data/demo data/smoke *.egg-info
 
-.PHONY: help install test demo table4 download clean
+.PHONY: help install test demo download $(RUNS) table1 table2 table3 table4 table5 table6 table7 tables report clean

@@ -4,6 +4,7 @@
   chosen by ``class_path``; the number of labels, label names, metadata width and positive-class
   weights come from the DataModule (linked, never typed twice).
 * ``cxr-lightning data stats|split|synth|download``: data commands (``--help`` on each).
+* ``cxr-lightning report --runs runs``: the paper's tables from the run directories.
 
 ``--config NAME`` that is not a file in the working directory resolves to the shipped config of
 that name (``resnet_log``, ``resnet_log.yaml`` or ``configs/resnet_log.yaml``), also for an
@@ -60,10 +61,15 @@ def main(args: list[str] | None = None) -> int:
         from cxr_lightning.data.commands import main as data_main
 
         return data_main(args[1:])
+    if args and args[0] == "report":
+        from cxr_lightning.report import main as report_main
+
+        return report_main(args[1:])
     if not args or args[0] in ("-h", "--help"):
         print("cxr-lightning: train and evaluate chest X-ray classifiers on NIH ChestX-ray14.\n"
               "  cxr-lightning fit|validate|test|predict --config NAME.yaml   (LightningCLI, below)\n"
               "  cxr-lightning data stats|split|synth|download ...          (cxr-lightning data --help)\n"
+              "  cxr-lightning report --runs runs                           (the paper's tables from the runs)\n"
               f"  shipped configs: {', '.join(shipped_config_names())}\n")  # fmt: skip
     from cxr_lightning.training_cli import CXRLightningCLI
 

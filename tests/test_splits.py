@@ -10,15 +10,9 @@ from cxr_lightning.data.labels import FINDINGS, LABELS
 from cxr_lightning.data.metadata import MetadataError, NIHMetadata, read_image_list
 from cxr_lightning.data.splits import PARTS, make_split, official_split
 from cxr_lightning.data.stats import prevalence_table
+from cxr_lightning.paper_results import TABLE_4 as PAPER_TABLE_4
 
-# The paper's Appendix D (Table 4): percent positive in training, validation, testing.
-PAPER_TABLE_4 = {
-    "Atelectasis": (9.43, 10.34, 12.81), "Cardiomegaly": (1.99, 1.90, 4.18), "Consolidation": (3.26, 3.51, 7.09),
-    "Edema": (1.61, 1.47, 3.61), "Effusion": (9.95, 10.33, 18.20), "Emphysema": (1.63, 1.74, 4.27),
-    "Fibrosis": (1.44, 1.50, 1.70), "Hernia": (0.17, 0.12, 0.34), "Infiltration": (15.94, 15.84, 23.88),
-    "Mass": (4.68, 4.56, 6.83), "No Finding": (58.48, 57.74, 38.53), "Nodule": (5.46, 5.33, 6.34),
-    "Pleural_Thickening": (2.58, 2.67, 4.47), "Pneumonia": (1.02, 0.96, 2.17), "Pneumothorax": (3.02, 3.21, 10.41),
-}  # fmt: skip
+
 
 
 def assert_no_leakage(meta: NIHMetadata, split) -> None:
