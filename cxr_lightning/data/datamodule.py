@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -126,12 +126,16 @@ class ChestXrayDataModule(L.LightningDataModule):
         synthetic: SyntheticData | None = None,
     ):
         super().__init__()
-        if isinstance(synthetic, dict):  # jsonargparse may hand the dataclass over as a dict
-            synthetic = SyntheticData(**synthetic)
+        # jsonargparse may hand the dataclass over as a dict; checkpoints keep plain types only
+        # (paths as str, the dataclass as a dict) so they load with torch.load(weights_only=True).
+        self.synthetic = SyntheticData(**synthetic) if isinstance(synthetic, dict) else synthetic
+        synthetic = asdict(self.synthetic) if self.synthetic is not None else None
+        data_root, metadata_csv, train_val_list, test_list = (
+            None if p is None else str(p) for p in (data_root, metadata_csv, train_val_list, test_list)
+        )
         self.save_hyperparameters()
         normalization_stats(normalization, image_channels)  # fail early on a bad name
         self.data_root = Path(data_root)
-        self.synthetic = synthetic
         self.encoder = MetadataEncoder(metadata_encoding)
         self._meta: NIHMetadata | None = None
         self._split: Split | None = None

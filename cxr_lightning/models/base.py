@@ -20,6 +20,7 @@ from cxr_lightning.losses import WeightedBCEWithLogits
 from cxr_lightning.metrics import PredictionCollector, classification_metrics, format_metrics_table
 from cxr_lightning.models.fusion import MetadataFusionHead
 
+MODEL_CLASS_KEY = "model_class_path"
 SchedulerName = Literal["none", "plateau", "warmup_linear"]
 #: Which threshold each logged metric group uses: the default 0.5 and the tuned per-label ones.
 THRESHOLD_GROUPS = ("default", "tuned")
@@ -91,6 +92,10 @@ class CXRClassifier(L.LightningModule):
 
     def predict_proba(self, images: torch.Tensor, metadata: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self(images, metadata).float())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Which class to rebuild: the checkpoint alone must be enough to predict.
+        checkpoint[MODEL_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     # ----- steps -----
     def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,8 @@ from typing import Any
 
 from cxr_lightning.models.base import CXRClassifier
 
+BEIT_ARCHITECTURE_KEY = "beit_architecture"
+
 
 class BaselineCNN(CXRClassifier):
     """The paper's CNN from scratch: five conv blocks 32 -> 512 channels, dropout 0.4, metadata concatenated.
@@ -62,3 +64,8 @@ class BEiTClassifier(CXRClassifier):
         from cxr_lightning.models.beit import BeitBackbone
 
         self.attach_backbone(BeitBackbone(pretrained=None if config else pretrained, config=config, freeze=freeze_backbone))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # The architecture goes into the checkpoint, so it can be rebuilt without the hub.
+        checkpoint[BEIT_ARCHITECTURE_KEY] = self.backbone.model.config.to_dict()

@@ -1,0 +1,85 @@
+"""Loading a trained classifier from its checkpoint alone: no training data, no weight download.
+
+A checkpoint written by ``cxr-lightning fit`` holds the model's class path and arguments
+(``hyper_parameters``), its weights and tuned thresholds (``state_dict``) and what the data
+pipeline needs to encode a new image the way training did (the DataModule's state: label names,
+metadata encoder, image size, channels and normalisation). It loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cxr_lightning.data.encoding import MetadataEncoder
+from cxr_lightning.data.transforms import ImageTransform
+from cxr_lightning.models.base import MODEL_CLASS_KEY, CXRClassifier
+from cxr_lightning.models.classifiers import BEIT_ARCHITECTURE_KEY
+
+DATA_STATE_KEY = "ChestXrayDataModule"
+
+
+@dataclass
+class DataSpec:
+    """How inputs were prepared in training: enough to prepare a new image identically."""
+
+    label_names: list[str]
+    metadata_encoder: MetadataEncoder
+    image_size: int
+    image_channels: int
+    normalization: str
+
+    def transform(self) -> ImageTransform:
+        return ImageTransform(self.image_size, self.image_channels, self.normalization)
+
+
+def _model_class(path: str) -> type[CXRClassifier]:
+    module, _, name = path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    if not issubclass(cls, CXRClassifier):
+        raise TypeError(f"{path} is not a cxr_lightning classifier")
+    return cls
+
+
+def offline_arguments(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments that rebuild the architecture without fetching pretrained weights."""
+    args = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+    if "weights" in args:  # ResNet-50: the checkpoint's state dict replaces ImageNet weights
+        args.update(weights=None, weights_path=None)
+    if "pretrained" in args:  # BEiT: rebuild from the architecture stored at save time
+        architecture = args.get("config") or checkpoint.get(BEIT_ARCHITECTURE_KEY)
+        if architecture is None:
+            raise ValueError("this BEiT checkpoint stores no architecture; load it with its pretrained weights available")
+        args.update(pretrained=None, config=architecture)
+    return args
+
+
+def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CXRClassifier, DataSpec]:
+    """The model (eval mode, thresholds restored) and its :class:`DataSpec`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    class_path = checkpoint.get(MODEL_CLASS_KEY) or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    if class_path is None:
+        raise ValueError(f"{path}: no model class recorded ({MODEL_CLASS_KEY}); was it written by cxr-lightning?")
+    model = _model_class(class_path)(**offline_arguments(checkpoint))
+    model.load_state_dict(checkpoint["state_dict"])
+    model.eval()
+    data = checkpoint.get(DATA_STATE_KEY)
+    if data is None:
+        raise ValueError(f"{path}: no data pipeline state ({DATA_STATE_KEY}); it cannot prepare new images by itself")
+    spec = DataSpec(
+        label_names=list(data["label_names"]),
+        metadata_encoder=MetadataEncoder(**data["metadata_encoder"]),
+        image_size=int(data["image_size"]),
+        image_channels=int(data["image_channels"]),
+        normalization=data["normalization"]["name"],
+    )
+    if spec.label_names != model.label_names:
+        raise ValueError(f"{path}: model labels {model.label_names} differ from data labels {spec.label_names}")
+    return model, spec

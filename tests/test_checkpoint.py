@@ -1,0 +1,53 @@
+"""A checkpoint predicts on its own: no training data, no pretrained weights to fetch."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from cxr_lightning.checkpoint import load_classifier
+from cxr_lightning.data import ChestXrayDataModule
+from cxr_lightning.models import BEiTClassifier, ResNet50Classifier
+from cxr_lightning.models.beit import BeitBackbone, tiny_beit_config
+
+
+def save(model, datamodule, path):
+    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        accelerator="cpu", default_root_dir=path.parent)  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+    trainer.save_checkpoint(path, weights_only=False)
+
+
+def test_beit_from_a_local_directory_reloads_without_that_directory(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pretrained = tmp_path / "beit"
+    BeitBackbone(pretrained=None, config=tiny_beit_config(image_size=32)).model.save_pretrained(pretrained)
+    dm = ChestXrayDataModule(data_root=synthetic_root, split="official", val_fraction=0.25, image_size=32, batch_size=4,
+                             num_workers=0, normalization="beit", metadata_encoding="code")  # fmt: skip
+    model = BEiTClassifier(pretrained=str(pretrained), metadata_dim=dm.metadata_dim, label_names=dm.label_names)
+    model.thresholds.fill_(0.3)
+    save(model, dm, tmp_path / "beit.ckpt")
+    for child in pretrained.iterdir():
+        child.unlink()
+    pretrained.rmdir()  # the pretrained weights are gone: the checkpoint must suffice
+    loaded, spec = load_classifier(tmp_path / "beit.ckpt")
+    assert torch.equal(loaded.thresholds, torch.full((15,), 0.3))
+    assert spec.normalization == "beit" and spec.image_size == 32 and spec.metadata_encoder.scheme == "code"
+    images, metadata = torch.rand(2, 3, 32, 32), torch.zeros(2, 3)
+    model.eval()
+    assert torch.allclose(loaded(images, metadata), model(images, metadata), atol=1e-6)
+
+
+def test_resnet_checkpoint_loads_with_weights_only_and_no_imagenet_file(synthetic_root, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
+    dm = ChestXrayDataModule(data_root=synthetic_root, split="official", val_fraction=0.25, image_size=32, batch_size=4, num_workers=0)
+    model = ResNet50Classifier(weights=None, metadata_dim=dm.metadata_dim, label_names=dm.label_names)
+    save(model, dm, tmp_path / "resnet.ckpt")
+    state = torch.load(tmp_path / "resnet.ckpt", weights_only=True)  # no pickled objects
+    state["hyper_parameters"]["weights"] = "IMAGENET1K_V2"  # as a real run's checkpoint says
+    torch.save(state, tmp_path / "resnet_v2.ckpt")
+    loaded, spec = load_classifier(tmp_path / "resnet_v2.ckpt")
+    assert spec.label_names == dm.label_names and spec.metadata_encoder.age_mean == dm.encoder.age_mean
+    model.eval()
+    x = torch.rand(1, 3, 32, 32)
+    assert torch.allclose(loaded(x, torch.zeros(1, 5)), model(x, torch.zeros(1, 5)), atol=1e-6)
