@@ -9,11 +9,14 @@ metadata encoder, image size, channels and normalisation). It loads with ``weigh
 from __future__ import annotations
 
 import importlib
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cxr_lightning.data.encoding import MetadataEncoder
 from cxr_lightning.data.transforms import ImageTransform
@@ -83,3 +86,28 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     if spec.label_names != model.label_names:
         raise ValueError(f"{path}: model labels {model.label_names} differ from data labels {spec.label_names}")
     return model, spec
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file beside it, flushes it to disk, then renames it.
+
+    ``os.replace`` is atomic on POSIX and Windows, so a process killed while saving leaves the
+    previous checkpoint whole (and at worst a stray ``.tmp`` file). Remote paths (``s3://``...)
+    go through Lightning's own writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise

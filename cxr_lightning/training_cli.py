@@ -29,13 +29,16 @@ class CXRLightningCLI(LightningCLI):
     """``cxr-lightning fit --config configs/resnet_log.yaml``.
 
     Always present (configurable under their own keys): ``threshold_tuner``, ``test_outputs``,
-    ``predict_outputs`` and ``checkpoint`` (best by ``val/loss`` plus ``last.ckpt``, in
+    ``predict_outputs``, ``checkpoint`` and ``resume_checkpoint`` (``last.ckpt`` every 10 minutes
+    of training) (best by ``val/loss`` plus ``last.ckpt``, in
     ``trainer.default_root_dir/checkpoints``). ``test_after_fit: true`` tests the best
     checkpoint when ``fit`` ends, in the same process.
     """
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("subclass_mode_model", True)
+        # Checkpoints are written to a temporary file and renamed: a kill never corrupts the last one.
+        kwargs.setdefault("trainer_defaults", {"plugins": {"class_path": "cxr_lightning.checkpoint.AtomicCheckpointIO"}})
         kwargs.setdefault("save_config_callback", SaveConfigToLoggers)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(CXRClassifier, ChestXrayDataModule, *args, **kwargs)
@@ -48,6 +51,12 @@ class CXRLightningCLI(LightningCLI):
         parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.mode": "min", "checkpoint.save_last": True,
                              "checkpoint.filename": "best-{epoch:02d}"})  # fmt: skip
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
+        # A second writer of last.ckpt, on a clock, so a preempted run loses at most that much:
+        # `fit --ckpt_path last` takes the newest last.ckpt of the two.
+        parser.add_lightning_class_args(ModelCheckpoint, "resume_checkpoint")
+        parser.set_defaults({"resume_checkpoint.save_last": True, "resume_checkpoint.save_top_k": 0,
+                             "resume_checkpoint.train_time_interval": "0:10:00"})  # fmt: skip
+        parser.link_arguments("trainer.default_root_dir", "resume_checkpoint.dirpath", compute_fn=_checkpoint_dir)
         parser.add_argument("--test_after_fit", type=bool, default=False, help="run test on the best checkpoint after fit")
         for source, target in (
             ("data.num_labels", "model.init_args.num_labels"),

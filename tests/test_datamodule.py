@@ -52,15 +52,18 @@ def test_eval_images_are_resized_replicated_and_imagenet_normalised(real_sample_
     assert torch.equal(next(iter(dm.val_dataloader()))["image"], batch["image"])
 
 
-def test_only_the_training_split_is_augmented(real_sample_root):
+def test_only_the_training_split_is_augmented_and_augmentation_is_seeded_per_sample(real_sample_root):
     dm = sample_module(real_sample_root, fractions=(0.2, 0.2, 0.6))
     dm.setup("fit")
-    torch.manual_seed(0)
-    first = dm.train_dataloader().dataset[0]["image"]
-    second = dm.train_dataloader().dataset[0]["image"]
-    assert not torch.equal(first, second)
+    train = dm.train_dataloader().dataset
+    first = train[0]["image"]
+    assert torch.equal(train[0]["image"], first)  # same seed, epoch and index: same augmentation
+    train.epoch.fill_(1)
+    assert not torch.equal(train[0]["image"], first)  # a new epoch draws anew
+    plain = ImageTransform(64, 3, "imagenet")(load_grey(train.paths[0]))
+    assert not torch.allclose(first, plain, atol=1e-3)
     test_ds = dm.dataset("test")
-    assert torch.equal(test_ds[0]["image"], test_ds[0]["image"])
+    assert torch.equal(test_ds[0]["image"], ImageTransform(64, 3, "imagenet")(load_grey(test_ds.paths[0])))
 
 
 def test_beit_normalisation_and_one_channel(real_sample_root):

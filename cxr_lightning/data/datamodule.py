@@ -12,12 +12,13 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from cxr_lightning.data.dataset import ChestXrayDataset, index_images
 from cxr_lightning.data.encoding import MetadataEncoder, MetadataEncoding, PosWeightScheme, positive_class_weights
 from cxr_lightning.data.labels import label_names
+from cxr_lightning.data.loading import ResumableDataLoader, ResumableSampler, collate_skipping_bad
 from cxr_lightning.data.metadata import (
     TEST_LIST,
     TRAIN_VAL_LIST,
@@ -93,6 +94,9 @@ class ChestXrayDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         pin_memory: pin host memory for faster transfer to the GPU.
         persistent_workers: keep workers alive between epochs.
+        on_bad_image: ``error`` stops at a missing or undecodable image, naming it; ``skip``
+            leaves it out, counts it and reports the names (missing files at set-up, unreadable
+            ones at the end of each epoch).
         synthetic: generate a synthetic dataset into ``data_root`` if it has no metadata CSV.
     """
 
@@ -123,6 +127,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = True,
         persistent_workers: bool = False,
+        on_bad_image: Literal["error", "skip"] = "error",
         synthetic: SyntheticData | None = None,
     ):
         super().__init__()
@@ -140,6 +145,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         self._meta: NIHMetadata | None = None
         self._split: Split | None = None
         self._datasets: dict[str, ChestXrayDataset] = {}
+        self.skipped_missing: dict[str, list[str]] = {}
 
     # ----- values the CLI links into the model (available right after construction) -----
     @property
@@ -237,12 +243,18 @@ class ChestXrayDataModule(L.LightningDataModule):
         rows = split.part(part)
         names = meta.frame["image"].to_numpy()[rows]
         located = index_images(self.data_root)
-        missing = [n for n in names if n not in located]
-        if missing:
+        present = np.array([n in located for n in names], dtype=bool)
+        missing = names[~present].tolist()
+        if missing and (self.hparams.on_bad_image == "error" or not present.any()):
             raise DataNotFoundError(
                 f"{len(missing):,} of {len(names):,} {part} images are missing under {self.data_root.resolve()}/images "
                 f"(e.g. {missing[:3]}).\n" + DOWNLOAD_HINT.format(root=self.data_root)
             )
+        if missing:
+            # Rows go together with their labels and metadata: nothing shifts to another image.
+            rank_zero_warn(f"[data] skipping {len(missing):,} missing {part} images (on_bad_image=skip), e.g. {missing[:5]}")
+            self.skipped_missing[part] = missing
+            rows, names = rows[present], names[present]
         h = self.hparams
         augmentation = Augmentation(h.rotation_degrees, h.brightness, h.contrast) if (part == "train" and h.augment) else None
         transform = ImageTransform(h.image_size, h.image_channels, h.normalization, augmentation)
@@ -251,33 +263,44 @@ class ChestXrayDataModule(L.LightningDataModule):
             labels=meta.label_matrix(tuple(self.label_names))[rows],
             metadata=self.encoder.encode(meta.frame.iloc[rows]),
             transform=transform,
+            seed=h.seed,
+            skip_bad_images=h.on_bad_image == "skip",
         )
 
-    def _loader(self, part: str, shuffle: bool) -> DataLoader:
+    def _loader(self, part: str) -> DataLoader:
         if part not in self._datasets:
             self._datasets[part] = self.dataset(part)
         h = self.hparams
-        workers = h.num_workers
-        return DataLoader(
-            self._datasets[part],
-            batch_size=h.batch_size if part == "train" else (h.eval_batch_size or h.batch_size),
-            shuffle=shuffle,
-            num_workers=workers,
+        dataset = self._datasets[part]
+        options = dict(
+            num_workers=h.num_workers,
             pin_memory=h.pin_memory and torch.cuda.is_available(),
-            persistent_workers=h.persistent_workers and workers > 0,
+            persistent_workers=h.persistent_workers and h.num_workers > 0,
+            collate_fn=collate_skipping_bad,
         )
+        if part != "train":
+            return DataLoader(dataset, batch_size=h.eval_batch_size or h.batch_size, shuffle=False, **options)
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ResumableSampler(dataset, seed=h.seed, num_replicas=world, rank=rank, epoch_tensor=dataset.epoch)
+        return ResumableDataLoader(dataset, batch_size=h.batch_size, sampler=sampler, progress=self._batches_processed, **options)
+
+    def _batches_processed(self) -> int:
+        """Batches of the current epoch that training has processed (what a resume skips)."""
+        trainer = self.trainer
+        return 0 if trainer is None else int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to encode new inputs like the training data."""

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cxr_lightning.data.images import load_grey
+from cxr_lightning.data.images import ImageDecodeError, load_grey
+from cxr_lightning.data.loading import sample_seed
 
 
 def index_images(root: str | Path) -> dict[str, Path]:
@@ -38,7 +39,9 @@ class ChestXrayDataset(Dataset):
 
     ``image`` is what ``transform`` makes of the grey image (``(C, S, S)`` float32), ``metadata``
     is ``(M,)`` float32, ``labels`` is ``(L,)`` float32 0/1 and ``index`` the position in this
-    dataset (used to drop the samples a distributed sampler repeats).
+    dataset (used to drop the samples a distributed sampler repeats). With ``skip_bad_images``
+    an image that cannot be decoded gives ``{"skipped": name}`` instead (see
+    :func:`cxr_lightning.data.loading.collate_skipping_bad`); otherwise the error names the file.
     """
 
     def __init__(
@@ -46,7 +49,9 @@ class ChestXrayDataset(Dataset):
         paths: list[str] | np.ndarray,
         labels: np.ndarray,
         metadata: np.ndarray,
-        transform: Callable[[torch.Tensor], torch.Tensor],
+        transform: Callable[..., torch.Tensor],
+        seed: int = 0,
+        skip_bad_images: bool = False,
     ):
         if not (len(paths) == len(labels) == len(metadata)):
             raise ValueError(f"paths, labels and metadata differ in length: {len(paths)}, {len(labels)}, {len(metadata)}")
@@ -54,14 +59,27 @@ class ChestXrayDataset(Dataset):
         self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32))
         self.metadata = torch.from_numpy(np.ascontiguousarray(metadata, dtype=np.float32))
         self.transform = transform
+        self.seed = seed
+        self.skip_bad_images = skip_bad_images
+        # Written by the sampler's set_epoch; shared memory so DataLoader workers see it too.
+        self.epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
         path = str(self.paths[index])
+        try:
+            grey = load_grey(path)
+        except ImageDecodeError:
+            if self.skip_bad_images:
+                return {"skipped": os.path.basename(path)}
+            raise
+        # Augmentation randomness comes from (seed, epoch, index) alone: the same sample gets the
+        # same augmentation whatever the worker, the prefetching or an interruption and resume.
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, int(self.epoch[0]), index))
         return {
-            "image": self.transform(load_grey(path)),
+            "image": self.transform(grey, generator),
             "metadata": self.metadata[index],
             "labels": self.labels[index],
             "name": os.path.basename(path),

@@ -71,10 +71,10 @@ class ImageTransform:
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if image.shape[-2:] != (self.image_size, self.image_size):
             image = F.resize(image, [self.image_size, self.image_size], interpolation=InterpolationMode.BILINEAR, antialias=True)
         if self.augmentation is not None:
-            image = self.augmentation(image)
+            image = self.augmentation(image, generator)
         image = image.clamp_(0.0, 1.0).expand(self.channels, -1, -1)
         return (image - self.mean) / self.std

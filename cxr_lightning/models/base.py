@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from cxr_lightning.data.labels import FINDINGS, LABELS, NO_FINDING
@@ -21,6 +21,7 @@ from cxr_lightning.metrics import PredictionCollector, classification_metrics, f
 from cxr_lightning.models.fusion import MetadataFusionHead
 
 MODEL_CLASS_KEY = "model_class_path"
+RNG_STATE_KEY = "torch_rng_state"
 SchedulerName = Literal["none", "plateau", "warmup_linear"]
 #: Which threshold each logged metric group uses: the default 0.5 and the tuned per-label ones.
 THRESHOLD_GROUPS = ("default", "tuned")
@@ -79,6 +80,9 @@ class CXRClassifier(L.LightningModule):
         self.backbone: nn.Module | None = None
         self.head: MetadataFusionHead | None = None
         self.test_results: dict[str, Any] = {}
+        self._skipped: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        self.skipped_images: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        self._pending_rng_state: torch.Tensor | None = None
 
     def attach_backbone(self, backbone: nn.Module) -> None:
         """Install the image backbone and a fusion head sized for it."""
@@ -96,6 +100,7 @@ class CXRClassifier(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Which class to rebuild: the checkpoint alone must be enough to predict.
         checkpoint[MODEL_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint[RNG_STATE_KEY] = torch.get_rng_state()
 
     # ----- steps -----
     def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,21 +113,57 @@ class CXRClassifier(L.LightningModule):
             )
         return loss, logits
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def _usable(self, batch: dict, stage: str) -> bool:
+        """Record the images a batch skipped (on_bad_image=skip); False if nothing is left."""
+        self._skipped[stage].extend(batch.get("skipped", []))
+        return len(batch["labels"]) > 0
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
+        if not self._usable(batch, "train"):
+            return None  # every image of this batch was unreadable and skipped
         loss, _ = self.model_step(batch)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        if not self._usable(batch, "val"):
+            return
         loss, logits = self.model_step(batch)
         # sync_dist: the epoch's val/loss is the mean over every rank (it drives the scheduler).
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(batch["labels"]))
         self.val_predictions.update(torch.sigmoid(logits.float()), batch["labels"], batch["index"])
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
+        if not self._usable(batch, "test"):
+            return
         loss, logits = self.model_step(batch)
         self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["labels"]))
         self.test_predictions.update(torch.sigmoid(logits.float()), batch["labels"], batch["index"])
+
+    def _report_skipped(self, stage: str) -> None:
+        names = self._skipped[stage]
+        count = torch.tensor(float(len(names)), device=self.device)
+        if self.trainer.world_size > 1:
+            count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        if count.item():
+            self.log(f"{stage}/skipped_images", count.item(), rank_zero_only=True)
+            rank_zero_warn(f"[{stage}] epoch {self.current_epoch}: {int(count.item())} unreadable images skipped, e.g. {names[:5]}")
+        self.skipped_images[stage] += names
+        self._skipped[stage] = []
+
+    def on_train_epoch_end(self) -> None:
+        self._report_skipped("train")
+
+    # Dropout draws from the global RNG, which Lightning does not checkpoint: save it, and
+    # restore it right before the first resumed batch, so a resumed run equals an uninterrupted one.
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._pending_rng_state is not None:
+            torch.set_rng_state(self._pending_rng_state)
+            self._pending_rng_state = None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(RNG_STATE_KEY)
+        self._pending_rng_state = state if isinstance(state, torch.Tensor) else None
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probs = self.predict_proba(batch["image"], batch["metadata"])
@@ -151,9 +192,11 @@ class CXRClassifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             self.val_predictions.reset()
+            self._skipped["val"] = []
             return
         self._log_metrics("val", self._metrics(self.val_predictions))
         self.val_predictions.reset()
+        self._report_skipped("val")
 
     def on_test_epoch_end(self) -> None:
         epoch = self.test_predictions.compute()
@@ -163,6 +206,7 @@ class CXRClassifier(L.LightningModule):
         if self.trainer.is_global_zero:
             rank_zero_info("\n" + format_metrics_table({"threshold 0.5": metrics["default"], "tuned thresholds": metrics["tuned"]}))
         self.test_predictions.reset()
+        self._report_skipped("test")
 
     # ----- optimisation -----
     def configure_optimizers(self) -> Any:

@@ -1,0 +1,125 @@
+"""Batch-1 CPU inference latency of ResNet-50 with metadata: PyTorch eager vs ONNX Runtime.
+
+The model is what ``cxr-lightning export`` writes (backbone + fusion head + sigmoid, see
+:class:`cxr_lightning.export.ProbabilityModel`), with random weights (latency does not depend
+on the weights once denormals are flushed): a ``(1, 3, S, S)`` image and ``(1, 5)`` metadata in,
+15 probabilities out. Denormal floats are flushed to zero in both runtimes
+(``torch.set_flush_denormal(True)``; ORT ``session.set_denormal_as_zero``), both use the same
+number of intra-op threads, and each row is the median / p90 of ``--runs`` timed calls after
+``--warmup`` untimed ones.
+
+    python benchmarks/cpu_latency.py                      # 2 threads, 224x224, 50 runs
+    python benchmarks/cpu_latency.py --threads 4 --runs 200 --opset 18
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxr_lightning.export import ProbabilityModel, _export_onnx
+from cxr_lightning.models import ResNet50Classifier
+
+TARGET_MS = 60.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def time_calls(fn, runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000.0)
+    return times
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for both runtimes (default 2)")
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (17: legacy exporter, 18+: torch.export-based)")
+    parser.add_argument("--channels-last", action="store_true", help="also time eager PyTorch with channels-last memory format")
+    args = parser.parse_args(argv)
+
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    classifier = ResNet50Classifier(weights=None, metadata_dim=5).eval()
+    model = ProbabilityModel(classifier).eval()
+    size = args.image_size
+    image = torch.randn(1, 3, size, size)
+    metadata = torch.tensor([[0.2, 1.0, 0.0, 1.0, 0.0]])
+
+    rows: list[tuple[str, list[float]]] = []
+    with torch.inference_mode():
+        reference = model(image, metadata).numpy()
+        rows.append(("PyTorch eager", time_calls(lambda: model(image, metadata), args.runs, args.warmup)))
+        if args.channels_last:
+            model_cl = ProbabilityModel(ResNet50Classifier(weights=None, metadata_dim=5).eval()).eval()
+            model_cl.load_state_dict(model.state_dict())
+            model_cl = model_cl.to(memory_format=torch.channels_last)
+            image_cl = image.contiguous(memory_format=torch.channels_last)
+            rows.append(("PyTorch eager, channels-last", time_calls(lambda: model_cl(image_cl, metadata), args.runs, args.warmup)))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "resnet50.onnx"
+        start = time.perf_counter()
+        exporter = _export_onnx(model, (image.repeat(2, 1, 1, 1), metadata.repeat(2, 1)), path, args.opset, "auto")
+        export_s = time.perf_counter() - start
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feeds = {"image": image.numpy(), "metadata": metadata.numpy()}
+        output = session.run(["probabilities"], feeds)[0]
+        rows.append((f"ONNX Runtime {ort.__version__} (opset {args.opset}, {exporter} exporter)", time_calls(lambda: session.run(["probabilities"], feeds), args.runs, args.warmup)))
+    max_diff = float(np.abs(output - reference).max())
+
+    print(
+        f"\nbatch-1 latency, ResNet-50 + metadata head + sigmoid, {size}x{size}, {args.threads} threads, denormals flushed; "
+        f"{args.runs} runs after {args.warmup} warm-up\nCPU: {cpu_name()}; torch {torch.__version__}; "
+        f"ONNX export {export_s:.1f} s; max |ORT - PyTorch| probability diff {max_diff:.1e}\n"
+    )
+    print("| runtime | median ms | p90 ms | mean ms | min ms | images/s (median) |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, times in rows:
+        median = statistics.median(times)
+        print(f"| {name} | {median:.1f} | {percentile(times, 90):.1f} | {statistics.fmean(times):.1f} | {min(times):.1f} | {1000 / median:.1f} |")
+    ort_median = statistics.median(rows[-1][1])
+    verdict = "meets" if ort_median <= TARGET_MS else "misses"
+    print(f"\nONNX Runtime median {ort_median:.1f} ms {verdict} the {TARGET_MS:.0f} ms target.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

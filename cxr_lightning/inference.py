@@ -1,0 +1,496 @@
+"""Predicting on new image files with a trained checkpoint: ``cxr-lightning predict-files``.
+
+What it takes:
+
+* **images**: files (PNG/JPEG/TIFF/BMP through :func:`~cxr_lightning.data.images.load_grey`;
+  DICOM, recognised by a ``.dcm``/``.dicom``/``.dic`` suffix or the ``DICM`` magic, through
+  :func:`~cxr_lightning.data.dicom.load_dicom_grey`), folders (searched recursively for those
+  files), glob patterns (``'scans/**/*.png'``, quoted so the shell leaves them alone) and list
+  files (``.txt``/``.lst``/``.list``: one path per line, relative paths relative to the list file).
+* **metadata** (age, sex, view), per field, from the first source that knows it:
+
+  1. an optional CSV with the columns ``image``, ``age``, ``sex``, ``view`` or NIH's
+     ``Image Index``, ``Patient Age``, ``Patient Gender``, ``View Position`` (so the NIH metadata
+     CSV itself works). Rows match a file by its path as written, else its file name, else its
+     name without suffix (when unique). Ages may be numbers or DICOM strings (``058Y``); sex
+     ``M``/``F`` (or male/female); view ``PA``/``AP``;
+  2. the DICOM tags ``PatientAge``, ``PatientSex``, ``ViewPosition``;
+  3. defaults: an unknown age is imputed by the metadata encoder with the **training split's mean
+     age** (as in training), an unknown sex or view is ``''`` (the encoder's "unknown": all-zero
+     one-hots, or 0.5 for the CNN encoding's sex).
+
+The output CSV has one row per readable image: ``image`` (file name), ``path``,
+``metadata_source`` (``csv``, ``dicom``, ``csv+dicom`` or ``default``: which sources gave the
+known fields; unknown fields are always imputed), the raw ``age``/``sex``/``view`` used (NaN/empty
+= unknown, imputed), ``prob_<Label>`` (sigmoid probability) and ``pred_<Label>`` (1 when
+``prob >= threshold``, the checkpoint's tuned per-label threshold). Unreadable files are reported
+on stderr and listed in the result's ``attrs['skipped']`` and in ``<out>.skipped.csv``
+(``path,reason``; header only when none); they never stop the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import math
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from cxr_lightning.data.dicom import DICOM_SUFFIXES, is_dicom_file, load_dicom_grey, parse_dicom_age
+from cxr_lightning.data.images import ImageDecodeError, load_grey
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "LoadedImage",
+    "PreparedBatch",
+    "Predictor",
+    "add_predict_arguments",
+    "load_image",
+    "read_metadata_table",
+    "resolve_inputs",
+    "run_predict",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+_GLOB_CHARS = set("*?[")
+
+#: accepted metadata CSV column names (compared case-insensitively) -> our name
+METADATA_COLUMNS = {
+    "image": "image",
+    "image index": "image",
+    "path": "image",
+    "file": "image",
+    "age": "age",
+    "patient age": "age",
+    "sex": "sex",
+    "patient gender": "sex",
+    "patient sex": "sex",
+    "gender": "sex",
+    "view": "view",
+    "view position": "view",
+}
+_SEX = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_image_candidate(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
+        return True
+    return suffix == "" and is_dicom_file(path)  # DICOM files often have no suffix
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    files = [p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(p for p in files if _is_image_candidate(p))
+
+
+def resolve_inputs(inputs: str | Path | Iterable[str | Path]) -> tuple[list[Path], list[dict[str, str]]]:
+    """Expand files, folders, globs and list files into image paths (in order, without duplicates).
+
+    Returns ``(paths, problems)`` where each problem is ``{'path': ..., 'reason': ...}`` for an
+    input that matched nothing (a missing file, an empty glob, an empty folder).
+    """
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    paths: list[Path] = []
+    problems: list[dict[str, str]] = []
+
+    def add(item: str | Path, base: Path | None = None) -> None:
+        text = str(item).strip()
+        if not text:
+            return
+        path = Path(text).expanduser()
+        if base is not None and not path.is_absolute():
+            path = base / path
+        if path.is_dir():
+            found = _folder_files(path)
+            if not found:
+                problems.append({"path": str(path), "reason": "folder holds no PNG/JPEG/DICOM file"})
+            paths.extend(found)
+        elif path.is_file():
+            if path.suffix.lower() in LIST_SUFFIXES and base is None:
+                lines = path.read_text(encoding="utf-8").splitlines()
+                for line in lines:
+                    if line.strip() and not line.lstrip().startswith("#"):
+                        add(line, base=path.parent)
+            else:
+                paths.append(path)
+        elif _GLOB_CHARS & set(text):
+            pattern = str(path)
+            matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True))
+            files = [m for m in matches if m.is_file() and _is_image_candidate(m)]
+            files += [f for m in matches if m.is_dir() for f in _folder_files(m)]
+            if not files:
+                problems.append({"path": pattern, "reason": "no image file matches this pattern"})
+            paths.extend(files)
+        else:
+            problems.append({"path": str(path), "reason": "file not found"})
+
+    for item in items:
+        add(item)
+    unique: dict[Path, None] = {}
+    for p in paths:
+        unique.setdefault(p, None)
+    return list(unique), problems
+
+
+# ----------------------------------------------------------------------------------------------
+# Metadata
+# ----------------------------------------------------------------------------------------------
+
+
+def _clean_sex(value: Any) -> str:
+    return _SEX.get(str(value).strip().upper(), "") if isinstance(value, str) else ""
+
+
+def _clean_view(value: Any) -> str:
+    text = str(value).strip().upper() if isinstance(value, str) else ""
+    return text if text in ("PA", "AP") else ""
+
+
+def read_metadata_table(path: str | Path) -> pd.DataFrame:
+    """A metadata CSV as a frame with columns ``image``, ``age`` (years, NaN unknown), ``sex``, ``view``.
+
+    Accepts our names (``image, age, sex, view``) or NIH's (``Image Index, Patient Age, Patient
+    Gender, View Position``); only the image column is required. Duplicated images keep their first row.
+    """
+    path = Path(path)
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"cannot read metadata CSV {path}: {err}") from err
+    rename: dict[str, str] = {}
+    for column in raw.columns:
+        ours = METADATA_COLUMNS.get(str(column).strip().lower())
+        if ours is not None and ours not in rename.values():
+            rename[column] = ours
+    raw = raw.rename(columns=rename)
+    if "image" not in raw.columns:
+        raise ValueError(f"{path}: no image column; expected 'image' or 'Image Index' (found {list(raw.columns)})")
+    frame = pd.DataFrame({"image": raw["image"].fillna("").astype(str).str.strip()})
+    frame["age"] = [parse_dicom_age(v) if isinstance(v, str) else math.nan for v in raw.get("age", pd.Series([None] * len(raw)))]
+    frame["sex"] = [_clean_sex(v) for v in raw.get("sex", pd.Series([None] * len(raw)))]
+    frame["view"] = [_clean_view(v) for v in raw.get("view", pd.Series([None] * len(raw)))]
+    frame = frame[frame["image"] != ""]
+    duplicated = frame["image"].duplicated()
+    if duplicated.any():
+        print(f"[metadata] {path}: {int(duplicated.sum())} duplicated image rows; the first of each is used", file=sys.stderr)
+        frame = frame[~duplicated]
+    return frame.reset_index(drop=True)
+
+
+class _MetadataLookup:
+    """Finds a file's row of a metadata table: by path as written, by file name, by unique stem."""
+
+    def __init__(self, table: pd.DataFrame | None):
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.by_name: dict[str, dict[str, Any]] = {}
+        self.by_stem: dict[str, dict[str, Any] | None] = {}
+        if table is None:
+            return
+        for row in table.to_dict("records"):
+            key = row["image"]
+            self.rows.setdefault(str(Path(key)), row)
+            self.by_name.setdefault(Path(key).name, row)
+            stem = Path(key).stem
+            self.by_stem[stem] = None if stem in self.by_stem else row  # None: ambiguous
+
+    def find(self, path: Path) -> dict[str, Any] | None:
+        return self.rows.get(str(path)) or self.by_name.get(path.name) or self.by_stem.get(path.stem)
+
+
+def _merge_metadata(csv_row: dict[str, Any] | None, tags: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """Per field the first known of CSV, DICOM tags, unknown; and the sources used."""
+    values: dict[str, Any] = {"age": math.nan, "sex": "", "view": ""}
+    sources: list[str] = []
+    for given, source in ((csv_row, "csv"), (tags, "dicom")):
+        if not given:
+            continue
+        for key in values:
+            known = not (isinstance(values[key], float) and math.isnan(values[key])) and values[key] != ""
+            candidate = given.get(key)
+            usable = candidate is not None and candidate != "" and not (isinstance(candidate, float) and math.isnan(candidate))
+            if not known and usable:
+                values[key] = candidate
+                if source not in sources:
+                    sources.append(source)
+    return values, "+".join(sources) or "default"
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and batching
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedImage:
+    """One decoded file: grey ``(1, H, W)`` in [0, 1] and, for DICOM, its tags."""
+
+    path: Path
+    grey: torch.Tensor
+    tags: dict[str, Any] | None = None
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """``(width, height)`` in pixels of the file."""
+        return int(self.grey.shape[-1]), int(self.grey.shape[-2])
+
+
+def load_image(path: str | Path) -> LoadedImage:
+    """Decode any supported file; raises :class:`ImageDecodeError` naming the file."""
+    path = Path(path)
+    if is_dicom_file(path):
+        grey, tags = load_dicom_grey(path)
+        return LoadedImage(path, grey, tags)
+    return LoadedImage(path, load_grey(path))
+
+
+@dataclass
+class PreparedBatch:
+    """Model-ready inputs of a batch of files."""
+
+    paths: list[Path]
+    images: torch.Tensor  # (B, C, S, S) normalised
+    metadata: torch.Tensor  # (B, M) encoded
+    raw_metadata: list[dict[str, Any]]  # age/sex/view used (unknown: NaN/'')
+    sources: list[str]
+    original_sizes: list[tuple[int, int]]  # (W, H) of each file
+    greys: list[torch.Tensor] = field(default_factory=list)  # (1, H, W) originals, when kept
+
+
+class Predictor:
+    """A checkpoint ready to predict on image files.
+
+    Args:
+        checkpoint: a ``.ckpt`` written by ``cxr-lightning fit`` (see :func:`~cxr_lightning.checkpoint.load_classifier`).
+        device: torch device for the model (``cpu``, ``cuda``, ``cuda:1``...).
+        batch_size: images per forward pass.
+        num_workers: threads decoding and resizing images (0: in the calling thread).
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str | torch.device = "cpu", batch_size: int = 16, num_workers: int = 2):
+        from cxr_lightning.checkpoint import load_classifier
+
+        model, spec = load_classifier(checkpoint, map_location="cpu")
+        self._setup(model, spec, device, batch_size, num_workers)
+        self.checkpoint = Path(checkpoint)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, spec: Any, device: str | torch.device = "cpu", batch_size: int = 16, num_workers: int = 2) -> Predictor:
+        """A predictor for an in-memory model and its :class:`~cxr_lightning.checkpoint.DataSpec`."""
+        self = cls.__new__(cls)
+        self._setup(model, spec, device, batch_size, num_workers)
+        self.checkpoint = None
+        return self
+
+    def _setup(self, model, spec, device, batch_size: int, num_workers: int) -> None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.spec = spec
+        self.transform = spec.transform()
+        self.encoder = spec.metadata_encoder
+        self.label_names = list(spec.label_names)
+        self.thresholds = model.thresholds.detach().float().cpu().numpy().copy()
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+
+    # ----- pieces -----
+    def encode_metadata(self, rows: Sequence[dict[str, Any]]) -> torch.Tensor:
+        """Encode ``[{'age', 'sex', 'view'}, ...]`` with the checkpoint's metadata encoder."""
+        frame = pd.DataFrame(
+            {
+                "age": [float(r.get("age", math.nan)) for r in rows],
+                "sex": [r.get("sex", "") or "" for r in rows],
+                "view": [r.get("view", "") or "" for r in rows],
+            }
+        )
+        return torch.from_numpy(self.encoder.encode(frame))
+
+    @torch.inference_mode()
+    def predict_tensors(self, images: torch.Tensor, metadata: torch.Tensor) -> np.ndarray:
+        """Probabilities ``(B, L)`` for normalised images ``(B, C, S, S)`` and encoded metadata ``(B, M)``."""
+        logits = self.model(images.to(self.device), metadata.to(self.device))
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def decisions(self, probs: np.ndarray) -> np.ndarray:
+        """0/1 decisions at the checkpoint's tuned thresholds (``prob >= threshold``)."""
+        return (probs >= self.thresholds[None, :]).astype(np.int64)
+
+    def _load(self, path: Path) -> tuple[LoadedImage, torch.Tensor] | str:
+        try:
+            loaded = load_image(path)
+            return loaded, self.transform(loaded.grey)
+        except ImageDecodeError as err:
+            return str(err)
+        except Exception as err:  # noqa: BLE001 - any other failure of one file must not stop the rest
+            return f"{path}: {type(err).__name__}: {err}"
+
+    def iter_batches(
+        self,
+        paths: Sequence[Path],
+        metadata: pd.DataFrame | None = None,
+        skipped: list[dict[str, str]] | None = None,
+        progress: bool = False,
+        keep_grey: bool = False,
+        desc: str = "predict",
+    ) -> Iterator[PreparedBatch]:
+        """Decode, transform and encode ``paths`` in batches; unreadable files go to ``skipped``."""
+        lookup = _MetadataLookup(metadata)
+        skipped = [] if skipped is None else skipped
+        workers = ThreadPoolExecutor(self.num_workers) if self.num_workers > 0 else None
+        try:
+            with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, file=sys.stderr) as bar:
+                for start in range(0, len(paths), self.batch_size):
+                    chunk = list(paths[start : start + self.batch_size])
+                    results = list(workers.map(self._load, chunk)) if workers else [self._load(p) for p in chunk]
+                    kept: list[tuple[LoadedImage, torch.Tensor]] = []
+                    for path, result in zip(chunk, results):
+                        if isinstance(result, str):
+                            reason = result[len(f"{path}: ") :] if result.startswith(f"{path}: ") else result
+                            skipped.append({"path": str(path), "reason": reason})
+                            tqdm.write(f"skipped {path}: {reason}", file=sys.stderr)
+                        else:
+                            kept.append(result)
+                    bar.update(len(chunk))
+                    if not kept:
+                        continue
+                    merged = [_merge_metadata(lookup.find(item.path), item.tags) for item, _ in kept]
+                    raw = [values for values, _ in merged]
+                    yield PreparedBatch(
+                        paths=[item.path for item, _ in kept],
+                        images=torch.stack([tensor for _, tensor in kept]),
+                        metadata=self.encode_metadata(raw),
+                        raw_metadata=raw,
+                        sources=[source for _, source in merged],
+                        original_sizes=[item.original_size for item, _ in kept],
+                        greys=[item.grey for item, _ in kept] if keep_grey else [],
+                    )
+        finally:
+            if workers is not None:
+                workers.shutdown()
+
+    # ----- the command's work -----
+    def output_columns(self) -> list[str]:
+        return (
+            ["image", "path", "metadata_source", "age", "sex", "view"]
+            + [f"prob_{name}" for name in self.label_names]
+            + [f"pred_{name}" for name in self.label_names]
+        )
+
+    def predict_files(
+        self,
+        inputs: str | Path | Iterable[str | Path],
+        metadata_csv: str | Path | pd.DataFrame | None = None,
+        out_csv: str | Path | None = None,
+        progress: bool = True,
+    ) -> pd.DataFrame:
+        """Predict every image of ``inputs`` (files, folders, globs, list files; see the module doc).
+
+        Returns one row per readable image (columns: :meth:`output_columns`); ``attrs['skipped']``
+        lists ``{'path', 'reason'}`` of unreadable or missing inputs. With ``out_csv`` the frame is
+        written there and the skipped list to ``<out_csv stem>.skipped.csv``.
+        """
+        paths, skipped = resolve_inputs(inputs)
+        for problem in skipped:
+            print(f"skipped {problem['path']}: {problem['reason']}", file=sys.stderr)
+        table = metadata_csv if isinstance(metadata_csv, pd.DataFrame) or metadata_csv is None else read_metadata_table(metadata_csv)
+        rows: list[dict[str, Any]] = []
+        for batch in self.iter_batches(paths, table, skipped, progress=progress):
+            probs = self.predict_tensors(batch.images, batch.metadata)
+            preds = self.decisions(probs)
+            for i, path in enumerate(batch.paths):
+                row: dict[str, Any] = {
+                    "image": path.name,
+                    "path": str(path),
+                    "metadata_source": batch.sources[i],
+                    **batch.raw_metadata[i],
+                }
+                row.update({f"prob_{name}": float(probs[i, j]) for j, name in enumerate(self.label_names)})
+                row.update({f"pred_{name}": int(preds[i, j]) for j, name in enumerate(self.label_names)})
+                rows.append(row)
+        frame = pd.DataFrame(rows, columns=self.output_columns())
+        frame.attrs["skipped"] = skipped
+        if table is not None and len(frame):
+            unmatched = int((~frame["metadata_source"].str.contains("csv")).sum())
+            if unmatched:
+                print(f"[metadata] {unmatched} of {len(frame)} images have no usable row in the metadata CSV", file=sys.stderr)
+        if out_csv is not None:
+            out_csv = Path(out_csv)
+            out_csv.parent.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(out_csv, index=False)
+            pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(skipped_csv_path(out_csv), index=False)
+        return frame
+
+
+def skipped_csv_path(out_csv: str | Path) -> Path:
+    """Where :meth:`Predictor.predict_files` lists the skipped files: ``preds.csv`` -> ``preds.skipped.csv``."""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(out_csv.stem + ".skipped.csv")
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint --images --metadata --batch-size --device --workers --no-progress``."""
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint (.ckpt) written by cxr-lightning fit")
+    parser.add_argument(
+        "--images", required=True, nargs="+", metavar="PATH",
+        help="image files (PNG/JPEG/DICOM), folders (searched recursively), quoted glob patterns or .txt list files",
+    )  # fmt: skip
+    parser.add_argument(
+        "--metadata", type=Path, default=None, metavar="CSV",
+        help="CSV with columns image,age,sex,view (or NIH's Image Index,Patient Age,Patient Gender,View Position); "
+        "else DICOM tags; else the training mean age and unknown sex/view",
+    )  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``cxr-lightning predict-files``."""
+    add_common_arguments(parser)
+    parser.add_argument("--out", required=True, type=Path, help="output CSV (skipped files go to <out stem>.skipped.csv)")
+    return parser
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Run ``predict-files``; 0 on success, 1 when no image could be predicted."""
+    predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, num_workers=args.workers)
+    frame = predictor.predict_files(args.images, metadata_csv=args.metadata, out_csv=args.out, progress=not args.no_progress)
+    skipped = frame.attrs.get("skipped", [])
+    print(f"wrote {len(frame)} predictions to {args.out}" + (f"; {len(skipped)} skipped, see {skipped_csv_path(args.out)}" if skipped else ""), file=sys.stderr)
+    return 0 if len(frame) else 1
+
+
+def build_predict_parser(prog: str = "cxr-lightning predict-files") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Predict label probabilities and decisions for image files with a checkpoint.")
+    return add_predict_arguments(parser)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_predict(build_predict_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
