@@ -302,3 +302,17 @@ def test_fourteen_findings_only(synthetic_root, tmp_path):
     # without No Finding the paper's macro AUROC and the findings' mean are the same number
     assert metrics["tuned"]["auroc_macro"] == pytest.approx(metrics["tuned"]["auroc_findings"])
     assert BaselineCNN(num_labels=14).label_names == [n for n in LABELS if n != "No Finding"]
+
+
+@pytest.mark.slow
+def test_two_process_fit_writes_outputs_and_wandb_files_once(synthetic_root, tmp_path):
+    # (--trainer.sync_batchnorm needs GPUs: PyTorch's SyncBatchNorm refuses CPU modules.)
+    run = tmp_path / "ddp_fit"
+    args = [a for a in cli_args(synthetic_root, run, "--test_after_fit=true") if a != "--trainer.logger=false"]
+    args += ["--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.limit_train_batches=2",
+             "--trainer.logger=cxr_lightning.loggers.SafeWandbLogger", "--trainer.logger.project=cxr-test"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "WANDB_SILENT": "true"}
+    done = subprocess.run([sys.executable, "-m", "cxr_lightning", "fit", *args], env=env, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # rank 0 only
+    assert json.loads((run / "metrics.json").read_text())["num_images"] == _part_size(synthetic_root, "test")
