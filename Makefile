@@ -15,9 +15,12 @@ NODES ?= 1
 STRATEGY ?= auto
 PRECISION ?= 32-true
 WANDB_PROJECT ?= cxr-lightning
+BOOTSTRAP ?= 2000
 
-# Every run of the paper's tables, one per config in configs/.
-RUNS := cnn resnet_linear resnet_log resnet_log_conv beit_model1 beit_model2 beit_model3 beit_model4 beit_model5
+# Every run of the paper's tables, one per config in configs/, then the imbalance methods.
+PAPER_RUNS := cnn resnet_linear resnet_log resnet_log_conv beit_model1 beit_model2 beit_model3 beit_model4 beit_model5
+IMBALANCE_RUNS := resnet_log_focal resnet_asl resnet_log_oversample
+RUNS := $(PAPER_RUNS) $(IMBALANCE_RUNS)
 
 ifeq ($(SMOKE),1)
 OUT ?= runs/smoke
@@ -74,6 +77,9 @@ beit_model2: ## Table 2 model 2: BEiT fine-tuned, warm-up scheduler, unweighted
 beit_model3: ## Table 2 model 3: BEiT fine-tuned, no scheduler, log weights
 beit_model4: ## Table 2 model 4 / Table 3 "BEiT": fine-tuned, warm-up scheduler, log weights
 beit_model5: ## Table 2 model 5: fine-tuned, warm-up scheduler, log weights, metadata MLP
+resnet_log_focal: ## beyond the paper: ResNet-50, log weights + focal loss
+resnet_asl: ## beyond the paper: ResNet-50, asymmetric loss
+resnet_log_oversample: ## beyond the paper: ResNet-50, log weights + rare-finding oversampling
 
 table1: resnet_linear resnet_log resnet_log_conv ## Table 1: the three ResNet-50 rows
 table2: beit_model1 beit_model2 beit_model3 beit_model4 beit_model5 ## Table 2: the five BEiT rows
@@ -81,19 +87,20 @@ table3: cnn resnet_log_conv beit_model4 ## Table 3: CNN, best ResNet, best BEiT
 table5: resnet_linear ## Table 5: linear weights, 0.5 vs tuned thresholds
 table6: resnet_log ## Table 6: log weights, 0.5 vs tuned thresholds
 table7: resnet_log_conv ## Table 7: log weights + conv input layers, 0.5 vs tuned thresholds
+imbalance: resnet_log $(IMBALANCE_RUNS) ## the imbalance methods beyond the paper, against log weights
 
 table4: | $(STAMP) ## Table 4 (Appendix D): class prevalence per split, from the metadata (no training)
 	@mkdir -p $(OUT)
 	$(CLI) data stats --split paper --out $(OUT)/table4.md
 	@cat $(OUT)/table4.md
 
-tables: $(RUNS) table4 ## every table: all runs (those already done are kept), then the report
+tables: $(RUNS) table4 ## every table and the imbalance runs (runs already done are kept), then the report
 	$(MAKE) --no-print-directory report
 
-report: | $(STAMP) ## OUT/report.md: the paper's tables with this project's values beside the paper's, and ROC figures
-	$(CLI) report --runs $(OUT) --out $(OUT)/report.md
+report: | $(STAMP) ## OUT/report.md: the paper's tables, ours [95% CI] beside the paper's, tests, calibration, figures
+	$(CLI) report --runs $(OUT) --out $(OUT)/report.md --bootstrap $(BOOTSTRAP)
 
 clean: ## remove the virtual environment, caches and run outputs
 	rm -rf $(VENV) .pytest_cache runs data/demo data/smoke *.egg-info
 
-.PHONY: help install test demo download $(RUNS) table1 table2 table3 table4 table5 table6 table7 tables report clean
+.PHONY: help install test demo download $(RUNS) table1 table2 table3 table4 table5 table6 table7 imbalance tables report clean

@@ -1,8 +1,9 @@
 """Wall time of the significance tools on an NIH-test-set-sized problem (CPU only).
 
-Synthetic predictions of 25,596 images x 15 labels (NIH-like prevalences) from ~2,800 patients
-(~9 images each, a skewed number per patient like the real test set), with labels and scores
-correlated within patients. Times:
+Synthetic predictions of 25,596 images x 15 labels (NIH-like prevalences) grouped like the real
+NIH test set: by default the patient structure of the packaged official ``test_list.txt`` (2,797
+patients, 9.2 images each on average, median 2, up to 184); with ``--synthetic-patients`` ~2,800
+synthetic patients of ~9 images. Labels and scores are correlated within patients. Times:
 
 * ``bootstrap_ci``: patient-cluster bootstrap, all macro metrics + per-label AUROC intervals;
 * ``paired_bootstrap_test``: two models on the same resamples;
@@ -10,12 +11,13 @@ correlated within patients. Times:
 * ``delong_test``: one label.
 
     python benchmarks/bootstrap_delong.py                 # 2,000 resamples, best of 3 runs
-    python benchmarks/bootstrap_delong.py --resamples 500 --repeat 1
+    python benchmarks/bootstrap_delong.py --resamples 500 --repeat 1 --synthetic-patients
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import platform
 import time
@@ -23,6 +25,7 @@ import time
 import numpy as np
 
 from cxr_lightning.data.labels import LABELS, NO_FINDING
+from cxr_lightning.data.metadata import packaged_file
 from cxr_lightning.statistics import (
     bootstrap_ci,
     delong_multilabel,
@@ -37,16 +40,27 @@ PREVALENCE = {
     "Emphysema": 0.022, "Fibrosis": 0.015, "Hernia": 0.002, "Infiltration": 0.18, "Mass": 0.05,
     "Nodule": 0.056, "Pleural_Thickening": 0.03, "Pneumonia": 0.013, "Pneumothorax": 0.047,
 }  # fmt: skip
-SIGNAL = 0.55
+SIGNAL = 0.62
 
 
-def synthetic(n_images: int, n_patients: int, seed: int):
-    rng = np.random.default_rng(seed)
-    # >= 1 image per patient, the rest spread with a heavy tail (a few patients with many follow-ups).
+def synthetic_images(n_images: int, n_patients: int, rng: np.random.Generator) -> np.ndarray:
+    """NIH-style names for ``n_patients`` patients, >= 1 image each, the rest spread with a heavy tail."""
     share = rng.lognormal(0.0, 1.0, n_patients)
     sizes = 1 + rng.multinomial(n_images - n_patients, share / share.sum())
     groups = np.repeat(np.arange(n_patients), sizes)
-    num_labels = len(LABELS)
+    return np.array([f"{g:08d}_{i:03d}.png" for g, i in zip(groups, _follow_up_numbers(sizes))])
+
+
+def nih_test_images() -> np.ndarray:
+    """The 25,596 image names of the official NIH test split (packaged ``test_list.txt.gz``)."""
+    with gzip.open(packaged_file("test_list.txt.gz"), "rt") as handle:
+        return np.array([line.strip() for line in handle if line.strip()])
+
+
+def synthetic_predictions(images: np.ndarray, seed: int):
+    rng = np.random.default_rng(seed)
+    _, groups = np.unique(patient_ids_from_images(images), return_inverse=True)
+    n_images, n_patients, num_labels = len(images), int(groups.max()) + 1, len(LABELS)
     latent = 0.8 * rng.normal(size=(n_patients, num_labels))[groups] + 0.6 * rng.normal(size=(n_images, num_labels))
     targets = np.zeros((n_images, num_labels), dtype=np.int64)
     for j, name in enumerate(LABELS):
@@ -59,8 +73,7 @@ def synthetic(n_images: int, n_patients: int, seed: int):
     signal = SIGNAL * (2 * targets - 1) + 0.5 * rng.normal(size=(n_patients, num_labels))[groups] - 1.5
     probs_a = 1 / (1 + np.exp(-(signal + rng.normal(size=signal.shape))))
     probs_b = 1 / (1 + np.exp(-(signal + 1.1 * rng.normal(size=signal.shape))))
-    images = np.array([f"{g:08d}_{i:03d}.png" for g, i in zip(groups, _follow_up_numbers(sizes))])
-    return probs_a.astype(np.float32), probs_b.astype(np.float32), targets, images
+    return probs_a.astype(np.float32), probs_b.astype(np.float32), targets
 
 
 def _follow_up_numbers(sizes: np.ndarray) -> np.ndarray:
@@ -78,14 +91,21 @@ def best_time(fn, repeat: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=25_596)
-    parser.add_argument("--patients", type=int, default=2_800)
+    parser.add_argument("--synthetic-patients", action="store_true", help="synthetic grouping instead of the NIH test list")
+    parser.add_argument("--images", type=int, default=25_596, help="with --synthetic-patients")
+    parser.add_argument("--patients", type=int, default=2_800, help="with --synthetic-patients")
     parser.add_argument("--resamples", type=int, default=2_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per row; the fastest is reported")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    probs_a, probs_b, targets, images = synthetic(args.images, args.patients, args.seed)
+    if args.synthetic_patients:
+        images = synthetic_images(args.images, args.patients, np.random.default_rng(args.seed + 1))
+        grouping = "synthetic patients"
+    else:
+        images = nih_test_images()
+        grouping = "patients of the NIH test list"
+    probs_a, probs_b, targets = synthetic_predictions(images, args.seed)
     patients = patient_ids_from_images(images)
     thresholds = np.full(len(LABELS), 0.5)
     n, num_labels = targets.shape
@@ -112,11 +132,14 @@ def main() -> None:
 
     rows.append(("delong_multilabel (all labels, Holm)", f"{n} x {num_labels}", "-", best_time(delong_all, args.repeat)))
     j = LABELS.index("Effusion")
-    rows.append(("delong_test (one label)", f"{n}", "-", best_time(lambda: delong_test(probs_a[:, j], probs_b[:, j], targets[:, j]), args.repeat)))
+    one = best_time(lambda: delong_test(probs_a[:, j], probs_b[:, j], targets[:, j]), args.repeat)
+    rows.append(("delong_test (one label)", f"{n}", "-", one))
 
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}")
-    print(f"# synthetic: {n} images x {num_labels} labels, {len(sizes)} patients "
-          f"(images/patient: mean {sizes.mean():.1f}, median {np.median(sizes):.0f}, max {sizes.max()}); best of {args.repeat}")
+    print(
+        f"# synthetic predictions: {n} images x {num_labels} labels; {len(sizes)} {grouping} "
+        f"(images/patient: mean {sizes.mean():.1f}, median {np.median(sizes):.0f}, max {sizes.max()}); best of {args.repeat}"
+    )
     print()
     print(f"| {'task':<38} | {'shape':>11} | {'resamples':>9} | {'seconds':>8} |")
     print(f"|{'-' * 40}|{'-' * 13}|{'-' * 11}|{'-' * 10}|")
@@ -125,7 +148,8 @@ def main() -> None:
 
     ci = result["ci"]
     print()
-    print("macro AUROC model A: {:.4f} [{:.4f}, {:.4f}]".format(ci["estimate"]["auroc_macro"], ci["lower"]["auroc_macro"], ci["upper"]["auroc_macro"]))
+    est, lo, hi = (ci[k]["auroc_macro"] for k in ("estimate", "lower", "upper"))
+    print(f"macro AUROC model A: {est:.4f} [{lo:.4f}, {hi:.4f}] (patient bootstrap, {args.resamples} resamples)")
     row = result["paired"]["metrics"].loc["auroc_macro"]
     print(f"macro AUROC A - B: {row['diff']:+.4f} [{row['lower']:+.4f}, {row['upper']:+.4f}], bootstrap p = {row['p_value']:.4f}")
 

@@ -29,10 +29,13 @@ class ThresholdTuner(L.Callback):
     Args:
         save_to: file name, in ``trainer.default_root_dir``, where rank 0 writes the latest
             thresholds as JSON (null: do not write).
+        save_predictions: also write the validation predictions (``val_predictions.csv``),
+            which temperature scaling and calibration reports fit on.
     """
 
-    def __init__(self, save_to: str | None = "thresholds.json"):
+    def __init__(self, save_to: str | None = "thresholds.json", save_predictions: bool = True):
         self.save_to = save_to
+        self.save_predictions = save_predictions
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -46,6 +49,9 @@ class ThresholdTuner(L.Callback):
             record = {"epoch": trainer.current_epoch, "num_images": int(len(epoch.indices)),
                       "thresholds": dict(zip(pl_module.label_names, thresholds.tolist()))}  # fmt: skip
             path.write_text(json.dumps(record, indent=2) + "\n")
+            if self.save_predictions:
+                names = _image_names(trainer.val_dataloaders, epoch.indices)
+                write_predictions(path.parent / "val_predictions.csv", names, epoch, pl_module.label_names)
 
 
 class TestOutputWriter(L.Callback):
@@ -78,12 +84,7 @@ class TestOutputWriter(L.Callback):
         table = per_label_table(metrics["tuned"]).join(per_label_table(metrics["default"])[["f1", "precision", "recall"]], rsuffix="@0.5")
         table.to_csv(out / "per_label.csv", index_label="label")
 
-        image_names = _image_names(trainer, epoch.indices)
-        predictions = pd.DataFrame(epoch.probs.numpy(), columns=[f"prob_{n}" for n in names])
-        labels = pd.DataFrame(epoch.targets.numpy().astype(np.int8), columns=[f"label_{n}" for n in names])
-        pd.concat([pd.DataFrame({"image": image_names}), predictions, labels], axis=1).to_csv(
-            out / "test_predictions.csv", index=False, float_format="%.6g"
-        )
+        write_predictions(out / "test_predictions.csv", _image_names(trainer.test_dataloaders, epoch.indices), epoch, names)
         figure = None
         if self.roc_figure:
             from cxr_lightning.plots import plot_roc_curves
@@ -124,8 +125,14 @@ class PredictionCSVWriter(BasePredictionWriter):
         rank_zero_info(f"[predict] wrote {len(names):,} predictions to {out / name}")
 
 
-def _image_names(trainer: L.Trainer, indices: torch.Tensor) -> list[str]:
-    loader = trainer.test_dataloaders
+def write_predictions(path: Path, image_names: list[str], epoch, label_names: list[str]) -> None:
+    """CSV: ``image``, ``prob_<label>`` and ``label_<label>`` per label (what reports and statistics read)."""
+    predictions = pd.DataFrame(epoch.probs.numpy(), columns=[f"prob_{n}" for n in label_names])
+    labels = pd.DataFrame(epoch.targets.numpy().astype(np.int8), columns=[f"label_{n}" for n in label_names])
+    pd.concat([pd.DataFrame({"image": image_names}), predictions, labels], axis=1).to_csv(path, index=False, float_format="%.6g")
+
+
+def _image_names(loader, indices: torch.Tensor) -> list[str]:
     dataset = loader[0].dataset if isinstance(loader, (list, tuple)) else loader.dataset
     paths = getattr(dataset, "paths", None)
     if paths is None:

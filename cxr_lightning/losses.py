@@ -48,7 +48,9 @@ class FocalLoss(nn.Module):
     any logit, also under bf16/fp16 autocast. Soft targets in ``[0, 1]`` are accepted.
     """
 
-    def __init__(self, num_labels: int, pos_weight: Sequence[float] | None = None, gamma: float = 2.0, alpha: float | None = None):
+    def __init__(
+        self, num_labels: int, pos_weight: Sequence[float] | None = None, gamma: float = 2.0, alpha: float | None = None
+    ):
         super().__init__()
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0; got {gamma}")

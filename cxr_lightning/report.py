@@ -1,9 +1,16 @@
 """``cxr-lightning report``: the paper's tables filled with this project's runs, beside the paper's.
 
-Reads ``RUNS/<run>/metrics.json`` (and ``test_predictions.csv`` for the figures) of every run
-the tables need, writes ``report.md`` with each cell as ``ours (paper)`` and the per-label ROC
-figures as PNG files next to it. A run that has not been made shows as ``missing``; nothing is
-filled in from elsewhere. Table 4 is computed from the metadata.
+Reads ``RUNS/<run>/metrics.json`` and ``test_predictions.csv`` (``val_predictions.csv`` for
+temperature scaling) of every run the tables need, and writes ``report.md``:
+
+* each cell as ``ours [95% interval] (paper)``; the intervals come from a bootstrap that
+  resamples patients, not images (the NIH test set has about 9 images per patient);
+* pairwise tests between the three best models (paired patient bootstrap of the macro metrics,
+  DeLong per label with Holm's correction), calibration (ECE, Brier, temperature scaling fitted
+  on validation only, reliability diagrams), and the imbalance methods beyond the paper;
+* Table 4 computed from the metadata, and the per-label ROC figures (the paper's Figure 1).
+
+A run that has not been made shows as ``missing``; nothing is filled in from elsewhere.
 """
 
 from __future__ import annotations
@@ -11,15 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from cxr_lightning.paper_results import (
     ALL_RUNS,
     FIGURE_1_RUNS,
+    IMBALANCE_RUNS,
     METRIC_ROWS,
     TABLE_1,
     TABLE_2,
@@ -34,31 +44,67 @@ MISSING = "missing"
 
 @dataclass
 class Run:
-    """What one run directory holds; ``metrics`` is None when the run has not been tested."""
+    """One run directory; ``metrics`` is None when the run has not been tested."""
 
     name: str
     folder: Path
     metrics: dict | None
     config: dict | None
+    n_resamples: int = 2000
+    seed: int = 0
+    _intervals: dict = field(default_factory=dict)
 
     @property
     def data_root(self) -> str:
         return str(((self.config or {}).get("data") or {}).get("data_root", "?"))
 
+    def predictions(self, part: str = "test"):
+        from cxr_lightning.statistics import read_predictions
 
-def load_run(runs_dir: Path, name: str) -> Run:
+        path = self.folder / f"{part}_predictions.csv"
+        return read_predictions(path) if path.is_file() else None
+
+    def thresholds(self, group: str, label_names) -> np.ndarray:
+        if group == "default":
+            return np.full(len(label_names), 0.5)
+        tuned = self.metrics["thresholds"]
+        return np.array([tuned[name] for name in label_names])
+
+    def interval(self, group: str) -> dict | None:
+        """Patient-bootstrap intervals of this run's test metrics at ``group``'s thresholds (cached)."""
+        if group not in self._intervals:
+            from cxr_lightning.statistics import bootstrap_ci
+
+            predictions = self.predictions() if self.metrics is not None else None
+            self._intervals[group] = None if predictions is None else bootstrap_ci(
+                predictions.probs, predictions.targets, self.thresholds(group, predictions.label_names), predictions.patients,
+                n_resamples=self.n_resamples, seed=self.seed, label_names=predictions.label_names,
+            )  # fmt: skip
+        return self._intervals[group]
+
+
+def load_run(runs_dir: Path, name: str, n_resamples: int = 2000, seed: int = 0) -> Run:
     folder = runs_dir / name
     metrics_file, config_file = folder / "metrics.json", folder / "config.yaml"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
-    return Run(name, folder, metrics, config)
+    return Run(name, folder, metrics, config, n_resamples, seed)
+
+
+def _number(value, digits: int = 4) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 def cell(run: Run, group: str, key: str, paper: float | None, digits: int = 4) -> str:
+    """``ours [lower, upper] (paper)``; ``missing (paper)`` without the run."""
     paper_text = f"{paper:.{digits}f}" if paper is not None else "-"
-    ours = None if run.metrics is None else run.metrics.get(group, {}).get(key)
-    ours_text = MISSING if run.metrics is None else ("n/a" if ours is None or (isinstance(ours, float) and math.isnan(ours)) else f"{ours:.{digits}f}")
-    return f"{ours_text} ({paper_text})"
+    if run.metrics is None:
+        return f"{MISSING} ({paper_text})"
+    ours = _number(run.metrics.get(group, {}).get(key), digits)
+    interval = run.interval(group)
+    if interval is not None and key in interval["lower"]:
+        ours += f" [{_number(interval['lower'][key], 3)}, {_number(interval['upper'][key], 3)}]"
+    return f"{ours} ({paper_text})"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -83,6 +129,88 @@ def threshold_table(title: str, run: Run, paper: dict) -> str:
     return f"### {title} (`{run.name}`)\n\n" + _table(["Metric", "Default >0.5 probability threshold", "Tuned thresholds"], rows)
 
 
+def imbalance_table(runs: dict[str, Run]) -> str:
+    columns = [(runs[name], title) for name, title in IMBALANCE_RUNS]
+    rows = [[label] + [cell(run, "tuned", key, None) for run, _ in columns] for key, label in METRIC_ROWS]
+    rows.append(["AUC (mean of 14 findings)"] + [cell(run, "tuned", "auroc_findings", None) for run, _ in columns])
+    header = ["Metric (tuned thresholds)"] + [f"{title} (`{run.name}`)" for run, title in columns]
+    return ("### Imbalance methods beyond the paper (ResNet-50, tuned thresholds; the paper has no values: `-`)\n\n"
+            + _table(header, rows))  # fmt: skip
+
+
+def _aligned(a: Run, b: Run):
+    """The two runs' test predictions on the same images, in the same order."""
+    pa, pb = a.predictions(), b.predictions()
+    if pa is None or pb is None:
+        return None
+    if sorted(pa.images) != sorted(pb.images) or pa.label_names != pb.label_names:
+        raise ValueError(f"runs {a.name} and {b.name} were tested on different images or labels; they cannot be compared")
+    order = pd.Index(pb.images).get_indexer(pa.images)
+    return pa, pb.probs[order]
+
+
+def pairwise_tests(runs: dict[str, Run], n_resamples: int, seed: int) -> str:
+    from cxr_lightning.statistics import delong_multilabel, paired_bootstrap_test
+
+    _, columns = TABLE_3
+    macro_rows, delong_parts = [], []
+    for ca, cb in combinations(columns, 2):
+        a, b = runs[ca.run], runs[cb.run]
+        pair = f"{ca.title} - {cb.title}"
+        aligned = _aligned(a, b) if a.metrics and b.metrics else None
+        if aligned is None:
+            macro_rows.append([pair] + [MISSING] * len(METRIC_ROWS))
+            continue
+        pa, probs_b = aligned
+        result = paired_bootstrap_test(pa.probs, probs_b, pa.targets, a.thresholds(ca.group, pa.label_names),
+                                       b.thresholds(cb.group, pa.label_names), pa.patients, n_resamples=n_resamples,
+                                       seed=seed, label_names=pa.label_names)  # fmt: skip
+        metrics = result["metrics"]
+        macro_rows.append([pair] + [
+            f"{metrics.loc[key, 'diff']:+.4f} [{metrics.loc[key, 'lower']:+.3f}, {metrics.loc[key, 'upper']:+.3f}], p={metrics.loc[key, 'p_value']:.3g}"
+            if key in metrics.index else "n/a" for key, _ in METRIC_ROWS
+        ])  # fmt: skip
+        delong = delong_multilabel(pa.probs, probs_b, pa.targets, pa.label_names, holm=True)
+        rows = [[label, f"{r['auc_a']:.4f}", f"{r['auc_b']:.4f}", f"{r['diff']:+.4f}", f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                 f"{r['p_value']:.3g}", f"{r['p_holm']:.3g}"] if not math.isnan(r["auc_a"]) else [label] + ["n/a"] * 6
+                for label, r in delong.iterrows()]  # fmt: skip
+        delong_parts.append(f"#### DeLong per label: {pair}\n\n"
+                            + _table(["Label", f"AUC {ca.title}", f"AUC {cb.title}", "Difference", "95% CI", "p", "p (Holm)"], rows))  # fmt: skip
+    header = ["Pair (A - B)"] + [label for _, label in METRIC_ROWS]
+    return ("### Pairwise tests between the three best models (Table 3's thresholds)\n\n"
+            f"Differences with 95% intervals and two-sided p-values from a paired bootstrap over patients ({n_resamples} resamples, "
+            f"seed {seed}); per-label AUROC differences by DeLong's test, with Holm's correction across labels. DeLong treats "
+            "images as independent; the bootstrap does not.\n\n"
+            + _table(header, macro_rows) + "\n\n" + "\n\n".join(delong_parts))  # fmt: skip
+
+
+def calibration_section(runs: dict[str, Run], figures_dir: Path, relative_to: Path) -> str:
+    from cxr_lightning.calibration import apply_temperature, calibration_table, fit_temperature, reliability_diagram
+
+    rows, figures = [], []
+    for name, title in FIGURE_1_RUNS:
+        run = runs[name]
+        test = run.predictions() if run.metrics else None
+        if test is None:
+            rows.append([f"{title} (`{name}`)"] + [MISSING] * 5)
+            continue
+        before = calibration_table(test.probs, test.targets, test.label_names).loc["macro"]
+        val = run.predictions("val")
+        if val is not None:
+            temperature = fit_temperature(val.probs, val.targets, kind="probs")
+            after = calibration_table(apply_temperature(test.probs, temperature), test.targets, test.label_names).loc["macro"]
+            scaled = [f"{temperature:.3f}", f"{after['ece']:.4f}", f"{after['brier']:.4f}"]
+        else:
+            scaled = ["no val_predictions.csv"] + ["-"] * 2
+        rows.append([f"{title} (`{name}`)", f"{before['ece']:.4f}", f"{before['brier']:.4f}", *scaled])
+        path = reliability_diagram(test.probs, test.targets, test.label_names, figures_dir / f"reliability_{name}.png",
+                                   title=f"{title}: reliability (test)")  # fmt: skip
+        figures.append(f"![{title} reliability]({path.relative_to(relative_to).as_posix()})")
+    header = ["Model", "ECE (macro)", "Brier (macro)", "Temperature (fit on validation)", "ECE after", "Brier after"]
+    return ("### Calibration (test set; temperature scaling fitted on the validation predictions only)\n\n"
+            + _table(header, rows) + "\n\n" + "\n\n".join(figures))  # fmt: skip
+
+
 def table_4() -> str:
     from cxr_lightning.data.metadata import packaged_file, read_metadata
     from cxr_lightning.data.splits import make_split
@@ -101,27 +229,24 @@ def table_4() -> str:
 def roc_figures(runs: dict[str, Run], figures_dir: Path, relative_to: Path) -> str:
     from cxr_lightning.plots import plot_roc_curves
 
-    figures_dir.mkdir(parents=True, exist_ok=True)
     parts = []
     for name, title in FIGURE_1_RUNS:
-        predictions_file = runs[name].folder / "test_predictions.csv"
-        if not predictions_file.is_file():
+        predictions = runs[name].predictions() if runs[name].metrics else None
+        if predictions is None:
             parts.append(f"- {title} (`{name}`): {MISSING}")
             continue
-        predictions = pd.read_csv(predictions_file)
-        labels = [c[len("prob_"):] for c in predictions.columns if c.startswith("prob_")]
-        probs = predictions[[f"prob_{n}" for n in labels]].to_numpy()
-        targets = predictions[[f"label_{n}" for n in labels]].to_numpy()
-        path = plot_roc_curves(probs, targets, labels, figures_dir / f"roc_{name}.png", title=f"{title}: per-label ROC (test)")
+        path = plot_roc_curves(predictions.probs, predictions.targets, list(predictions.label_names), figures_dir / f"roc_{name}.png",
+                               title=f"{title}: per-label ROC (test)")  # fmt: skip
         parts.append(f"![{title}]({path.relative_to(relative_to).as_posix()})")
     return "### Figure 1: per-label ROC curves of the best model of each kind\n\n" + "\n\n".join(parts)
 
 
-def build_report(runs_dir: str | Path, out: str | Path) -> str:
+def build_report(runs_dir: str | Path, out: str | Path, n_resamples: int = 2000, seed: int = 0) -> str:
     """Write the report to ``out`` (figures in ``out``'s folder / figures) and return its text."""
     runs_dir, out = Path(runs_dir), Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    runs = {name: load_run(runs_dir, name) for name in ALL_RUNS}
+    figures = out.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    runs = {name: load_run(runs_dir, name, n_resamples, seed) for name in ALL_RUNS}
     status = _table(
         ["Run", "Status", "Test images", "Data root"],
         [[f"`{r.name}`", "done" if r.metrics else MISSING, f"{r.metrics['num_images']:,}" if r.metrics else "-", r.data_root if r.config else "-"]
@@ -129,19 +254,26 @@ def build_report(runs_dir: str | Path, out: str | Path) -> str:
     )  # fmt: skip
     sections = [
         "# cxr-lightning: the paper's tables, reproduced",
-        f"Runs read from `{runs_dir}`. Each cell is **this project's value (the paper's value)**; "
-        "`missing` marks a run that has not been made (`make tables`). Macro averages are over the 15 "
-        "columns, `No Finding` included, as in the paper; the last row of each table adds the mean "
-        "AUROC of the 14 findings that most of the literature reports.",
+        f"Runs read from `{runs_dir}`. Each cell is **this project's value [95% interval] (the paper's value)**; "
+        f"the intervals are percentile intervals of a bootstrap that resamples patients ({n_resamples} resamples, seed {seed}), "
+        "since images of one patient are not independent. `missing` marks a run that has not been made (`make tables`). "
+        "Macro averages are over the 15 columns, `No Finding` included, as in the paper; the last row of each table adds "
+        "the mean AUROC of the 14 findings that most of the literature reports.",
         "## Runs\n\n" + status,
+        "## The paper's tables",
         metric_table(TABLE_1, runs),
         metric_table(TABLE_2, runs, TABLE_2_SETTINGS),
         metric_table(TABLE_3, runs),
         table_4(),
         *[threshold_table(title, runs[name], paper) for title, name, paper in THRESHOLD_TABLES],
-        roc_figures(runs, out.parent / "figures", out.parent),
+        roc_figures(runs, figures, out.parent),
+        "## Beyond the paper",
+        pairwise_tests(runs, n_resamples, seed),
+        calibration_section(runs, figures, out.parent),
+        imbalance_table(runs),
     ]
     text = "\n\n".join(sections) + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return text
 
@@ -150,8 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cxr-lightning report", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder holding one folder per run (default: runs)")
     parser.add_argument("--out", type=Path, default=None, help="report file (default: RUNS/report.md)")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="patient-bootstrap resamples for intervals and tests")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     args = parser.parse_args(argv)
     out = args.out or args.runs / "report.md"
-    build_report(args.runs, out)
+    build_report(args.runs, out, args.bootstrap, args.seed)
     print(f"wrote {out} and its figures in {out.parent / 'figures'}")
     return 0

@@ -91,9 +91,9 @@ MACRO_METRICS: tuple[str, ...] = (
 
 _IMAGE_NAME = re.compile(r"^(\d{8})_\d+\.\w+$")
 
-#: Working-set target (bytes) of one chunk's int32 per-image weight matrix in the bootstrap. Small
-#: chunks that stay in cache are several times faster than large ones (measured: 2,000 resamples of
-#: 25,596 x 15 take ~1 s of AUROC work at ~20 resamples a chunk, ~2.5 s at ~300).
+#: Working-set target (bytes) of one chunk's int32 per-image weight matrix in the bootstrap. Chunks
+#: that stay in cache are faster: on 25,596 x 15 the AUROC work of 2,000 resamples measured ~2x
+#: faster at ~20 resamples a chunk (this default) than at ~300 (benchmarks/bootstrap_delong.py).
 _CHUNK_BYTES = 2 * 2**20
 
 

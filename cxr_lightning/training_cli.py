@@ -82,12 +82,16 @@ class CXRLightningCLI(LightningCLI):
         # The data is checked before the model loads its (possibly large) pretrained weights.
         data_config = self.config.get(self.subcommand, self.config).get("data") if self.subcommand else self.config.get("data")
         if data_config is not None:
-            ChestXrayDataModule(**{k: v for k, v in vars(data_config).items() if not k.startswith("__")}).check_images_present()
+            ChestXrayDataModule(**{k: v for k, v in data_config.as_dict().items() if not k.startswith("__")}).check_images_present()
         super().instantiate_classes()
 
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit"):
             best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+            # Validate the best checkpoint first: its thresholds are re-tuned on the same
+            # predictions (so unchanged) and its validation predictions are written for
+            # calibration; then test it.
+            self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best or None)
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 

@@ -98,6 +98,7 @@ def test_apply_temperature_identity_and_direction():
 
 def test_reliability_diagram_writes_png(tmp_path):
     probs, targets = calibrated(n=3000, num_labels=7)
-    out = reliability_diagram(probs, targets, [f"L{j}" for j in range(7)], tmp_path / "sub" / "reliability.png", n_bins=10, ncols=4)
+    path = tmp_path / "sub" / "reliability.png"
+    out = reliability_diagram(probs, targets, [f"L{j}" for j in range(7)], path, n_bins=10, ncols=4)
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

@@ -29,10 +29,10 @@ def batch(seed=0, scale=3.0, n=64):
 def test_focal_with_gamma_zero_equals_bce():
     logits, targets = batch()
     pos_weight = [1.0, 2.0, 0.5, 3.0, 1.5]
-    torch.testing.assert_close(FocalLoss(NUM_LABELS, gamma=0.0)(logits, targets), F.binary_cross_entropy_with_logits(logits, targets))
-    torch.testing.assert_close(
-        FocalLoss(NUM_LABELS, pos_weight, gamma=0.0)(logits, targets), WeightedBCEWithLogits(NUM_LABELS, pos_weight)(logits, targets)
-    )
+    bce = F.binary_cross_entropy_with_logits(logits, targets)
+    torch.testing.assert_close(FocalLoss(NUM_LABELS, gamma=0.0)(logits, targets), bce)
+    weighted = WeightedBCEWithLogits(NUM_LABELS, pos_weight)(logits, targets)
+    torch.testing.assert_close(FocalLoss(NUM_LABELS, pos_weight, gamma=0.0)(logits, targets), weighted)
 
 
 def test_focal_matches_lin_et_al_formula():

@@ -35,3 +35,19 @@ def test_bf16_autocast_keeps_loss_and_probabilities_in_float32():
     model.val_predictions.update(torch.sigmoid(logits), data["labels"], data["index"])
     assert model.val_predictions.compute().probs.dtype == torch.float32
     assert WeightedBCEWithLogits(15, [2.0] * 15)(logits, data["labels"]).dtype == torch.float32
+
+
+def test_channels_last_and_compile_options(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    model = BaselineCNN(channels=(8, 8, 8, 8, 8), channels_last=True, compile=True)
+    keys = set(model.state_dict())
+    model.configure_model()
+    assert compiled == ["CNNBackbone"] and set(model.state_dict()) == keys
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    data = batch()
+    reference = BaselineCNN(channels=(8, 8, 8, 8, 8))
+    reference.load_state_dict(model.state_dict())
+    model.eval(), reference.eval()
+    assert torch.allclose(model(data["image"], data["metadata"]), reference(data["image"], data["metadata"]), atol=1e-5)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import re
 
 import numpy as np
 import pandas as pd
@@ -14,13 +16,12 @@ from cxr_lightning.paper_results import ALL_RUNS
 METRICS = {"recall_macro": 0.41234, "precision_macro": 0.3, "f1_macro": 0.31, "auroc_macro": 0.77777, "auroc_findings": 0.76, "exact_match": 0.2}
 
 
-def fake_run(folder, tuned, default):
+def fake_run(folder, tuned, default, seed=0):
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({"tuned": tuned, "default": default, "num_images": 40, "thresholds": {}}))
+    (folder / "metrics.json").write_text(json.dumps({"tuned": tuned, "default": default, "num_images": 40, "thresholds": dict.fromkeys(LABELS, 0.4)}))
     (folder / "config.yaml").write_text("data:\n  data_root: data/nih\n")
-    rng = np.random.default_rng(0)
-    labels = rng.random((40, 15)) < 0.3
-    probs = np.clip(labels * 0.3 + rng.random((40, 15)) * 0.7, 0, 1)
+    labels = np.random.default_rng(0).random((40, 15)) < 0.3
+    probs = np.clip(labels * 0.3 + np.random.default_rng(seed).random((40, 15)) * 0.7, 0, 1)
     frame = pd.DataFrame({"image": [f"{i:08d}_000.png" for i in range(40)]})
     for i, name in enumerate(LABELS):
         frame[f"prob_{name}"] = probs[:, i]
@@ -35,10 +36,10 @@ def test_report_fills_cells_with_ours_and_the_papers_and_marks_missing_runs(tmp_
     assert main(["report", "--runs", str(runs)]) == 0
     report = (runs / "report.md").read_text()
     # Table 1, log weights: our value, then the paper's in brackets
-    assert "| Recall (macro) | missing (0.3875) | 0.4123 (0.4150) | missing (0.4266) |" in report
-    assert "| AUC (macro) | missing (0.6912) | 0.7778 (0.7745) | missing (0.7800) |" in report
+    assert re.search(r"\| Recall \(macro\) \| missing \(0\.3875\) \| 0\.4123 \[0\.\d{3}, 0\.\d{3}\] \(0\.4150\) \| missing \(0\.4266\) \|", report)
+    assert re.search(r"\| AUC \(macro\) \| missing \(0\.6912\) \| 0\.7778 \[0\.\d{3}, 0\.\d{3}\] \(0\.7745\) \|", report)
     # Table 6 compares the 0.5 and tuned thresholds of the same run
-    assert "| F1-score (macro) | 0.2500 (0.2689) | 0.3100 (0.3103) |" in report
+    assert re.search(r"\| F1-score \(macro\) \| 0\.2500 \[.*\] \(0\.2689\) \| 0\.3100 \[.*\] \(0\.3103\) \|", report)
     # Table 4 is computed from the metadata, not copied
     assert "| Hernia | 0.17 (0.17) | 0.12 (0.12) | 0.34 (0.34) |" in report
     assert report.count("| done |") == 1 and report.count("| missing | - | - |") == len(ALL_RUNS) - 1
@@ -50,3 +51,23 @@ def test_report_fills_cells_with_ours_and_the_papers_and_marks_missing_runs(tmp_
     assert "![ResNet-50, log weights + conv input layers](figures/roc_resnet_log_conv.png)" in report
     assert (tmp_path / "out" / "figures" / "roc_resnet_log_conv.png").stat().st_size > 10_000
     assert "- Baseline CNN (`cnn`): missing" in report
+
+
+def test_pairwise_tests_and_calibration_use_the_runs_predictions(tmp_path):
+    from cxr_lightning.statistics import delong_test, read_predictions
+
+    runs = tmp_path / "runs"
+    for seed, name in enumerate(("cnn", "resnet_log_conv", "beit_model4")):
+        fake_run(runs / name, tuned=METRICS, default=METRICS, seed=seed)
+    shutil.copy(runs / "cnn" / "test_predictions.csv", runs / "cnn" / "val_predictions.csv")
+    assert main(["report", "--runs", str(runs), "--bootstrap", "200"]) == 0
+    report = (runs / "report.md").read_text()
+    a, b = read_predictions(runs / "cnn" / "test_predictions.csv"), read_predictions(runs / "resnet_log_conv" / "test_predictions.csv")
+    expected = delong_test(a.probs[:, 4], b.probs[:, 4], a.targets[:, 4])
+    section = report.split("#### DeLong per label: Baseline (CNN) - ResNet")[1]
+    assert f"| Effusion | {expected.auc_a:.4f} | {expected.auc_b:.4f} | {expected.diff:+.4f} |" in section
+    assert "| Baseline (CNN) - ResNet | " in report and "p=" in report
+    assert (runs / "figures" / "reliability_cnn.png").is_file()
+    calibration = report.split("### Calibration")[1]
+    assert "no val_predictions.csv" in calibration.split("(`resnet_log_conv`)")[1].split("\n")[0]
+    assert "no val_predictions.csv" not in calibration.split("(`cnn`)")[1].split("\n")[0]

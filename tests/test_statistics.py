@@ -113,7 +113,9 @@ def test_vectorised_bootstrap_equals_slow_loop_with_same_draws():
     probs, targets, groups = clustered_problem()
     names = ["A", NO_FINDING, "C", "Rare"]
     thresholds = np.array([0.5, 0.4, 0.6, 0.3])
-    result = bootstrap_ci(probs, targets, thresholds, groups, n_resamples=60, seed=3, label_names=names, chunk_size=7, return_replicates=True)
+    result = bootstrap_ci(
+        probs, targets, thresholds, groups, n_resamples=60, seed=3, label_names=names, chunk_size=7, return_replicates=True
+    )
     reps = result["replicates"]
     slow = slow_replicates(probs, targets, thresholds, groups, 60, 3, findings=np.array([0, 2, 3]))
     for key, expected in slow.items():
@@ -165,7 +167,8 @@ def test_intervals_contain_point_estimate_and_table():
 def test_bootstrap_is_deterministic_by_seed_and_accepts_torch():
     probs, targets, groups = clustered_problem(seed=4)
     a = bootstrap_ci(probs, targets, 0.5, groups, n_resamples=50, seed=11, return_replicates=True)
-    b = bootstrap_ci(torch.tensor(probs), torch.tensor(targets), torch.tensor(0.5), groups, n_resamples=50, seed=11, chunk_size=3, return_replicates=True)
+    as_torch = (torch.tensor(probs), torch.tensor(targets), torch.tensor(0.5))
+    b = bootstrap_ci(*as_torch, groups, n_resamples=50, seed=11, chunk_size=3, return_replicates=True)
     c = bootstrap_ci(probs, targets, 0.5, groups, n_resamples=50, seed=12, return_replicates=True)
     assert a["lower"] == b["lower"] and a["upper"] == b["upper"]
     np.testing.assert_array_equal(a["replicates"]["auroc_per_label"], b["replicates"]["auroc_per_label"])
@@ -289,14 +292,35 @@ def test_fast_delong_equals_direct_quadratic_computation(seed):
 # placements of every case (X: fraction of controls below it, ties 1/2) and control (Y: fraction
 # of cases above it), in data order. Stored as exact integers 2*72*X and 2*41*Y.
 ASAH_CASES = {
-    "ndka": [116, 90, 98, 110, 6, 40, 74, 134, 140, 134, 134, 58, 104, 124, 24, 36, 102, 2, 144, 124, 62, 74, 80, 102, 128, 93, 124, 36, 142, 109, 6, 49, 124, 6, 48, 134, 76, 104, 138, 74, 110],
-    "wfns": [117, 94, 128, 140, 140, 140, 140, 94, 140, 94, 37, 94, 140, 128, 128, 94, 140, 140, 140, 94, 140, 94, 140, 94, 128, 140, 128, 128, 37, 128, 128, 94, 94, 140, 140, 94, 94, 140, 140, 140, 140],
-    "s100b": [81, 63, 103, 78, 130, 144, 140, 26, 123, 50, 26, 128, 126, 139, 144, 118, 144, 144, 144, 26, 144, 120, 0, 50, 116, 144, 118, 144, 38, 118, 81, 63, 74, 116, 144, 88, 144, 121, 144, 144, 130],
+    "ndka": [
+        116, 90, 98, 110, 6, 40, 74, 134, 140, 134, 134, 58, 104, 124, 24, 36, 102, 2, 144, 124, 62, 74, 80, 102, 128,
+        93, 124, 36, 142, 109, 6, 49, 124, 6, 48, 134, 76, 104, 138, 74, 110
+    ],
+    "wfns": [
+        117, 94, 128, 140, 140, 140, 140, 94, 140, 94, 37, 94, 140, 128, 128, 94, 140, 140, 140, 94, 140, 94, 140, 94,
+        128, 140, 128, 128, 37, 128, 128, 94, 94, 140, 140, 94, 94, 140, 140, 140, 140
+    ],
+    "s100b": [
+        81, 63, 103, 78, 130, 144, 140, 26, 123, 50, 26, 128, 126, 139, 144, 118, 144, 144, 144, 26, 144, 120, 0, 50,
+        116, 144, 118, 144, 38, 118, 81, 63, 74, 116, 144, 88, 144, 121, 144, 144, 130
+    ],
 }
 ASAH_CONTROLS = {
-    "ndka": [82, 68, 72, 58, 74, 33, 74, 26, 42, 26, 28, 6, 66, 74, 48, 74, 74, 2, 46, 62, 62, 26, 80, 72, 74, 63, 44, 72, 34, 8, 72, 74, 48, 66, 72, 44, 16, 18, 60, 50, 4, 74, 28, 62, 58, 58, 34, 80, 28, 48, 66, 58, 26, 58, 50, 72, 62, 58, 16, 68, 48, 45, 8, 52, 48, 66, 16, 60, 38, 18, 74, 42],
-    "wfns": [80, 80, 80, 80, 18, 80, 66, 66, 80, 66, 66, 80, 80, 80, 66, 80, 66, 80, 80, 53, 44, 80, 44, 80, 18, 18, 80, 80, 66, 44, 80, 80, 66, 66, 80, 66, 80, 66, 66, 80, 80, 80, 80, 66, 80, 66, 80, 80, 53, 66, 44, 66, 80, 44, 80, 80, 18, 44, 66, 66, 80, 80, 80, 53, 80, 66, 66, 44, 44, 80, 80, 80],
-    "s100b": [58, 55, 66, 80, 28, 52, 66, 66, 80, 73, 80, 70, 63, 77, 52, 77, 63, 58, 52, 80, 53, 55, 36, 70, 24, 28, 53, 77, 32, 28, 63, 73, 70, 73, 80, 58, 66, 55, 54, 80, 80, 70, 80, 70, 73, 53, 70, 73, 37, 63, 42, 77, 66, 39, 77, 80, 48, 34, 66, 54, 73, 55, 66, 77, 80, 52, 54, 28, 52, 54, 24, 27],
+    "ndka": [
+        82, 68, 72, 58, 74, 33, 74, 26, 42, 26, 28, 6, 66, 74, 48, 74, 74, 2, 46, 62, 62, 26, 80, 72, 74, 63, 44, 72,
+        34, 8, 72, 74, 48, 66, 72, 44, 16, 18, 60, 50, 4, 74, 28, 62, 58, 58, 34, 80, 28, 48, 66, 58, 26, 58, 50, 72,
+        62, 58, 16, 68, 48, 45, 8, 52, 48, 66, 16, 60, 38, 18, 74, 42
+    ],
+    "wfns": [
+        80, 80, 80, 80, 18, 80, 66, 66, 80, 66, 66, 80, 80, 80, 66, 80, 66, 80, 80, 53, 44, 80, 44, 80, 18, 18, 80,
+        80, 66, 44, 80, 80, 66, 66, 80, 66, 80, 66, 66, 80, 80, 80, 80, 66, 80, 66, 80, 80, 53, 66, 44, 66, 80, 44,
+        80, 80, 18, 44, 66, 66, 80, 80, 80, 53, 80, 66, 66, 44, 44, 80, 80, 80
+    ],
+    "s100b": [
+        58, 55, 66, 80, 28, 52, 66, 66, 80, 73, 80, 70, 63, 77, 52, 77, 63, 58, 52, 80, 53, 55, 36, 70, 24, 28, 53,
+        77, 32, 28, 63, 73, 70, 73, 80, 58, 66, 55, 54, 80, 80, 70, 80, 70, 73, 53, 70, 73, 37, 63, 42, 77, 66, 39,
+        77, 80, 48, 34, 66, 54, 73, 55, 66, 77, 80, 52, 54, 28, 52, 54, 24, 27
+    ],
 }
 
 

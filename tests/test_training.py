@@ -44,7 +44,7 @@ def trained_run(synthetic_root, tmp_path_factory):
 def test_fit_writes_checkpoints_thresholds_and_test_outputs(trained_run, synthetic_root):
     assert (trained_run / "checkpoints" / "last.ckpt").is_file()
     assert len(list((trained_run / "checkpoints").glob("best-*.ckpt"))) == 1
-    for name in ("metrics.json", "per_label.csv", "test_predictions.csv", "thresholds.json", "roc_curves.png"):
+    for name in ("metrics.json", "per_label.csv", "test_predictions.csv", "thresholds.json", "val_predictions.csv", "roc_curves.png"):
         assert (trained_run / name).is_file(), name
     predictions = pd.read_csv(trained_run / "test_predictions.csv")
     test_list = (synthetic_root / "test_list.txt").read_text().split()
@@ -65,6 +65,17 @@ def test_reported_metrics_equal_sklearn_on_the_written_predictions(trained_run):
         decisions = (probs >= cut).astype(int)
         assert metrics[group]["f1_macro"] == pytest.approx(f1_score(labels, decisions, average="macro", zero_division=0), abs=2e-3)
         assert metrics[group]["exact_match"] == pytest.approx((decisions == labels).all(axis=1).mean(), abs=2e-3)
+
+
+def test_tested_thresholds_are_the_best_f1_thresholds_of_the_written_validation_predictions(trained_run):
+    from cxr_lightning.metrics import best_f1_thresholds
+
+    val = pd.read_csv(trained_run / "val_predictions.csv")
+    probs = torch.tensor(val[[f"prob_{n}" for n in LABELS]].to_numpy(), dtype=torch.float32)
+    targets = torch.tensor(val[[f"label_{n}" for n in LABELS]].to_numpy())
+    tuned = json.loads((trained_run / "metrics.json").read_text())["thresholds"]
+    # the CSV keeps 6 significant digits, so allow for that rounding
+    assert best_f1_thresholds(probs, targets).tolist() == pytest.approx([tuned[n] for n in LABELS], abs=1e-5)
 
 
 def test_checkpoint_carries_tuned_thresholds(trained_run):

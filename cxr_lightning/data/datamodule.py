@@ -28,6 +28,7 @@ from cxr_lightning.data.metadata import (
     find_metadata_csv,
     read_metadata,
 )
+from cxr_lightning.data.sampling import RareFindingSampler, rare_finding_weights
 from cxr_lightning.data.splits import PARTS, Split, SplitName, make_split
 from cxr_lightning.data.transforms import Augmentation, ImageTransform, normalization_stats
 
@@ -97,6 +98,10 @@ class ChestXrayDataModule(L.LightningDataModule):
         on_bad_image: ``error`` stops at a missing or undecodable image, naming it; ``skip``
             leaves it out, counts it and reports the names (missing files at set-up, unreadable
             ones at the end of each epoch).
+        sampler: training order: ``shuffle`` (each image once per epoch) or ``rare_findings``
+            (weighted sampling with replacement, an image's weight growing with the rarity of its
+            rarest finding; see :func:`cxr_lightning.data.sampling.rare_finding_weights`).
+        sampler_power: ``rare_findings`` only: weight = (N / positives of the rarest finding) ** power.
         synthetic: generate a synthetic dataset into ``data_root`` if it has no metadata CSV.
     """
 
@@ -128,6 +133,8 @@ class ChestXrayDataModule(L.LightningDataModule):
         pin_memory: bool = True,
         persistent_workers: bool = False,
         on_bad_image: Literal["error", "skip"] = "error",
+        sampler: Literal["shuffle", "rare_findings"] = "shuffle",
+        sampler_power: float = 0.5,
         synthetic: SyntheticData | None = None,
     ):
         super().__init__()
@@ -282,7 +289,11 @@ class ChestXrayDataModule(L.LightningDataModule):
             return DataLoader(dataset, batch_size=h.eval_batch_size or h.batch_size, shuffle=False, **options)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(dataset, seed=h.seed, num_replicas=world, rank=rank, epoch_tensor=dataset.epoch)
+        if h.sampler == "rare_findings":
+            weights = rare_finding_weights(dataset.labels.numpy().astype(np.uint8), power=h.sampler_power, label_names=self.label_names)
+            sampler = RareFindingSampler(weights, seed=h.seed, num_replicas=world, rank=rank, epoch_tensor=dataset.epoch)
+        else:
+            sampler = ResumableSampler(dataset, seed=h.seed, num_replicas=world, rank=rank, epoch_tensor=dataset.epoch)
         return ResumableDataLoader(dataset, batch_size=h.batch_size, sampler=sampler, progress=self._batches_processed, **options)
 
     def _batches_processed(self) -> int:

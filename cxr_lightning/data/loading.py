@@ -71,7 +71,7 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         batches = int(state.get("batches", 0))
-        if isinstance(self.sampler, ResumableSampler) and 0 < batches < len(self):
+        if hasattr(self.sampler, "skip") and 0 < batches < len(self):
             self.sampler.skip(batches * int(self.batch_size))
 
 

@@ -197,7 +197,9 @@ class RareFindingSampler(DistributedSampler):
         self._skip = max(0, int(samples))
 
     @classmethod
-    def from_labels(cls, labels: Any, power: float | str = 0.5, label_names: Sequence[str] | None = None, **kwargs) -> RareFindingSampler:
+    def from_labels(
+        cls, labels: Any, power: float | str = 0.5, label_names: Sequence[str] | None = None, **kwargs
+    ) -> RareFindingSampler:
         """:func:`rare_finding_weights` of ``labels`` (``power``, ``label_names``) wrapped in a sampler;
         other keyword arguments go to the weights (``no_finding_index``, ``base_weight``,
         ``max_ratio``) or the sampler (the rest)."""

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from cxr_lightning.data.labels import FINDINGS, LABELS, NO_FINDING
-from cxr_lightning.losses import WeightedBCEWithLogits
+from cxr_lightning.losses import build_loss
 from cxr_lightning.metrics import PredictionCollector, classification_metrics, format_metrics_table
 from cxr_lightning.models.fusion import MetadataFusionHead
 
@@ -35,6 +35,10 @@ class CXRClassifier(L.LightningModule):
         metadata_dim: width of the encoded metadata (linked from the DataModule).
         label_names: names of the outputs, in order (linked from the DataModule).
         pos_weight: per-label positive-class weights of the loss (linked from the DataModule).
+        loss: ``bce`` (the paper's, with ``pos_weight``), ``focal`` (Lin et al. 2017) or
+            ``asymmetric`` (Ridnik et al. 2021).
+        loss_options: keyword arguments of the loss, e.g. ``{gamma: 2.0}`` for focal or
+            ``{gamma_neg: 4, gamma_pos: 0, clip: 0.05}`` for asymmetric.
         metadata_hidden: widths of the metadata MLP; empty concatenates the metadata directly.
         head_dropout: dropout on the pooled image features before the head.
         lr: Adam learning rate.
@@ -45,6 +49,9 @@ class CXRClassifier(L.LightningModule):
         warmup_fraction: fraction of all training steps used for warm-up.
         plateau_factor: ReduceLROnPlateau factor.
         plateau_patience: ReduceLROnPlateau patience in epochs.
+        channels_last: keep convolution weights and inputs in channels-last memory format
+            (faster convolutions with mixed precision on recent GPUs).
+        compile: ``torch.compile`` the backbone (the head, loss and metrics stay eager).
     """
 
     def __init__(
@@ -53,6 +60,8 @@ class CXRClassifier(L.LightningModule):
         metadata_dim: int = 5,
         label_names: list[str] | None = None,
         pos_weight: list[float] | None = None,
+        loss: Literal["bce", "focal", "asymmetric"] = "bce",
+        loss_options: dict[str, float] | None = None,
         metadata_hidden: Sequence[int] = (),
         head_dropout: float = 0.0,
         lr: float = 1e-3,
@@ -61,6 +70,8 @@ class CXRClassifier(L.LightningModule):
         warmup_fraction: float = 0.1,
         plateau_factor: float = 0.1,
         plateau_patience: int = 10,
+        channels_last: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         if label_names is None:
@@ -72,7 +83,7 @@ class CXRClassifier(L.LightningModule):
             raise ValueError(f"{len(label_names)} label names for {num_labels} labels")
         self.save_hyperparameters()
         self.label_names = label_names
-        self.criterion = WeightedBCEWithLogits(num_labels, pos_weight)
+        self.criterion = build_loss(loss, num_labels, pos_weight, **(loss_options or {}))
         # Tuned on validation by ThresholdTuner; a buffer so every checkpoint carries it.
         self.register_buffer("thresholds", torch.full((num_labels,), 0.5))
         self.val_predictions = PredictionCollector()
@@ -90,8 +101,18 @@ class CXRClassifier(L.LightningModule):
         self.backbone = backbone
         self.head = MetadataFusionHead(backbone.out_features, h.metadata_dim, h.num_labels, h.metadata_hidden, h.head_dropout)
 
+    def configure_model(self) -> None:
+        if self.hparams.channels_last:
+            self.to(memory_format=torch.channels_last)
+        if self.hparams.compile and not getattr(self, "_compiled", False):
+            # In place (nn.Module.compile), so state-dict keys and checkpoints stay the same.
+            self.backbone.compile()
+            self._compiled = True
+
     def forward(self, images: torch.Tensor, metadata: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_labels)`` for images ``(B, C, H, W)`` and metadata ``(B, metadata_dim)``."""
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(images), metadata)
 
     def predict_proba(self, images: torch.Tensor, metadata: torch.Tensor) -> torch.Tensor:
