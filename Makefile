@@ -1,6 +1,6 @@
 # cxr-lightning. `make help` lists the targets.
 #
-# A full reproduction on real data:  make tables NIH_ROOT=/data/nih GPUS=8
+# A full reproduction on real data:  make tables NIH_ROOT=/data/nih GPUS=8 [FAST=1]
 # The same plumbing in minutes on the CPU, on synthetic data:  make tables SMOKE=1
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -13,7 +13,7 @@ NIH_ROOT ?= data/nih
 GPUS ?= 1
 NODES ?= 1
 STRATEGY ?= auto
-PRECISION ?= 32-true
+PRECISION ?=
 WANDB_PROJECT ?= cxr-lightning
 BOOTSTRAP ?= 2000
 
@@ -31,8 +31,8 @@ SMOKE_resnet := --model.weights=null
 SMOKE_beit := --model.config='{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 64, "patch_size": 16}'
 else
 OUT ?= runs
-RUN_ARGS := --data.data_root=$(NIH_ROOT) --trainer.devices=$(GPUS) --trainer.num_nodes=$(NODES) \
-	--trainer.strategy=$(STRATEGY) --trainer.precision=$(PRECISION)
+RUN_ARGS := $(if $(filter 1,$(FAST)),--config configs/fast.yaml) --data.data_root=$(NIH_ROOT) --trainer.devices=$(GPUS) \
+	--trainer.num_nodes=$(NODES) --trainer.strategy=$(STRATEGY) $(if $(PRECISION),--trainer.precision=$(PRECISION))
 endif
 family = $(firstword $(subst _, ,$(1)))
 
@@ -40,7 +40,8 @@ family = $(firstword $(subst _, ,$(1)))
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
-	@echo "  variables: NIH_ROOT=$(NIH_ROOT) GPUS=$(GPUS) NODES=$(NODES) STRATEGY=$(STRATEGY) PRECISION=$(PRECISION) WANDB_PROJECT=$(WANDB_PROJECT) OUT=$(OUT) SMOKE=$(SMOKE)"
+	@echo "  variables: NIH_ROOT=$(NIH_ROOT) GPUS=$(GPUS) NODES=$(NODES) STRATEGY=$(STRATEGY) PRECISION=$(PRECISION) FAST=$(FAST)"
+	@echo "             WANDB_PROJECT=$(WANDB_PROJECT) OUT=$(OUT) SMOKE=$(SMOKE) BOOTSTRAP=$(BOOTSTRAP)"
 
 # The virtual environment is (re)built when missing or when pyproject.toml changed.
 $(STAMP): pyproject.toml
@@ -59,6 +60,10 @@ demo: $(STAMP) ## train and test the paper's CNN on embedded synthetic data (CPU
 
 download: $(STAMP) ## download and extract the NIH images into NIH_ROOT (about 45 GB)
 	$(CLI) data download --root $(NIH_ROOT)
+
+prepare: $(STAMP) ## decode NIH_ROOT's images once into uint8 caches at 224 and 1024 pixels (for FAST=1)
+	$(CLI) data prepare --root $(NIH_ROOT) --size 224
+	$(CLI) data prepare --root $(NIH_ROOT) --size 1024
 
 # One run: fit, tune thresholds on validation, test the best checkpoint. make's own
 # dependency tracking skips a run whose metrics.json is newer than its config.
@@ -103,4 +108,4 @@ report: | $(STAMP) ## OUT/report.md: the paper's tables, ours [95% CI] beside th
 clean: ## remove the virtual environment, caches and run outputs
 	rm -rf $(VENV) .pytest_cache runs data/demo data/smoke *.egg-info
 
-.PHONY: help install test demo download $(RUNS) table1 table2 table3 table4 table5 table6 table7 imbalance tables report clean
+.PHONY: help install test demo download prepare $(RUNS) table1 table2 table3 table4 table5 table6 table7 imbalance tables report clean

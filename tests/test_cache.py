@@ -32,7 +32,10 @@ from cxr_lightning.data.cache import (
     open_cache,
     run_prepare,
 )
+from cxr_lightning.data.dataset import ChestXrayDataset
+from cxr_lightning.data.gpu_augment import BatchAugment
 from cxr_lightning.data.images import load_grey
+from cxr_lightning.data.transforms import Augmentation, ImageTransform
 
 NIH_SAMPLE = Path(__file__).parent / "data" / "nih_sample" / "images"
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +170,9 @@ def test_interrupted_build_resumes_without_redoing_finished_rows(mixed_root, mon
     # a third run has nothing to do; a changed source file is decoded again
     counter.names.clear()
     assert build_cache(root, names, 24, workers=0, progress=False).decoded == 0 and counter.names == []
+    assert open_cache(root, 24).changed_sources(root) == []
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "images" / "synth_L.png")
+    assert open_cache(root, 24).changed_sources(root) == ["synth_L.png"]
     report = build_cache(root, names, 24, workers=0, progress=False)
     assert counter.names == ["synth_L.png"] and report.decoded == 1
     assert not open_cache(root, 24).array[names.index("synth_L.png")].any()
@@ -282,6 +287,8 @@ def test_duplicates_and_bad_arguments(mixed_root):
     root, names = mixed_root
     with pytest.raises(ValueError, match="duplicated"):
         build_cache(root, names + names[:1], 16, workers=0, progress=False)
+    with pytest.raises(ValueError, match="no images"):
+        build_cache(root, [], 16, workers=0, progress=False)
     with pytest.raises(ValueError, match="on_bad_image"):
         build_cache(root, names, 16, on_bad_image="ignore")
 
@@ -294,8 +301,8 @@ def sample_tables(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return labels.astype(np.float32), metadata.astype(np.float32)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_dataset_batches_keep_names_labels_and_metadata_together(mixed_root, workers):
+@pytest.mark.parametrize(("workers", "context"), [(0, None), (2, None), (1, "forkserver")])
+def test_dataset_batches_keep_names_labels_and_metadata_together(mixed_root, workers, context):
     root, names = mixed_root
     build_cache(root, names, 16, workers=0, progress=False)
     cache = open_cache(root, 16)
@@ -306,10 +313,12 @@ def test_dataset_batches_keep_names_labels_and_metadata_together(mixed_root, wor
     assert sample["image"].shape == (1, 16, 16) and sample["image"].dtype == torch.uint8
     assert sample["name"] == part[3] and sample["index"] == 3 and sample["metadata"][0] == 3
     for shuffle in (False, True):
-        loader = DataLoader(dataset, batch_size=4, shuffle=shuffle, num_workers=workers, collate_fn=cached_collate)
+        # forkserver: workers receive the dataset pickled; the cache reopens its memmap there
+        loader = DataLoader(dataset, batch_size=4, shuffle=shuffle, num_workers=workers, collate_fn=cached_collate,
+                            multiprocessing_context=context, persistent_workers=context is not None)  # fmt: skip
         seen = []
         for batch in loader:
-            assert set(batch) == {"image", "metadata", "labels", "name", "index"}
+            assert set(batch) == {"image", "metadata", "labels", "name", "index", "skipped"} and batch["skipped"] == []
             assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1:] == (1, 16, 16)
             assert batch["labels"].dtype == torch.float32 and batch["index"].dtype == torch.int64
             for image, meta, lab, name, index in zip(batch["image"], batch["metadata"], batch["labels"], batch["name"], batch["index"]):
@@ -323,6 +332,30 @@ def test_dataset_batches_keep_names_labels_and_metadata_together(mixed_root, wor
     fast = cached_collate(dataset.__getitems__([0, 1]))
     order = fast["index"].argsort()
     assert torch.equal(batch["image"], fast["image"][order]) and batch["name"] == [fast["name"][i] for i in order]
+
+
+@pytest.mark.parametrize("augmentation", [Augmentation(), Augmentation(0, 0.1, 0), Augmentation(10, 0, 0.1)])
+def test_cache_path_augments_each_sample_like_the_png_path(mixed_root, augmentation):
+    """Same (seed, epoch, index) -> the same draws; on the device the result equals the PNG path's up to uint8 rounding."""
+    root, names = mixed_root
+    build_cache(root, names, 32, workers=0, progress=False)
+    labels, metadata = sample_tables(names)
+    cached = CachedChestXrayDataset(open_cache(root, 32), names, labels, metadata, seed=7, augmentation=augmentation)
+    png = ChestXrayDataset([root / "images" / n for n in names], labels, metadata, ImageTransform(32, 1, "none", augmentation), seed=7)
+    device_side = BatchAugment.from_augmentation(augmentation, channels=1, normalization="none")
+    for epoch in (0, 3):
+        cached.epoch.fill_(epoch)
+        png.epoch.fill_(epoch)
+        batch = cached_collate(cached.__getitems__(list(range(len(names)))[::-1]))
+        assert batch["augment"].shape == (len(names), 4) and batch["augment"].dtype == torch.float32
+        out = device_side(batch["image"], params=batch["augment"])
+        for image, index in zip(out, batch["index"].tolist()):
+            expected = png[index]["image"]
+            assert (image - expected).abs().max().item() <= 1.0 / 255, (epoch, names[index])
+        # the per-sample fetch carries the same parameters
+        assert torch.equal(cached[2]["augment"], batch["augment"][batch["index"].tolist().index(2)])
+    cached.epoch.fill_(1)
+    assert not torch.equal(cached_collate(cached.__getitems__([0, 1]))["augment"], batch["augment"][:2])
 
 
 def test_dataset_within_a_batch_rows_are_read_in_sorted_order(mixed_root):

@@ -157,3 +157,27 @@ def test_synthetic_dataset_is_generated_when_missing_and_loads_with_workers(tmp_
     assert seen == len(dm.dataset("train"))
     sizes = [len(dm.dataset(p)) for p in ("train", "val", "test")]
     assert sum(sizes) == 80 and min(sizes) > 0
+
+
+def test_the_cache_path_gives_the_png_paths_batches(real_sample_root):
+    """`data prepare` then the DataModule: uint8 from the cache, normalised/augmented after transfer."""
+    from cxr_lightning.cli import main
+
+    assert main(["data", "prepare", "--root", str(real_sample_root), "--size", "64", "--workers", "0", "--no-progress"]) == 0
+    cached = sample_module(real_sample_root, image_cache="required")
+    decoded = sample_module(real_sample_root, image_cache="off")
+    for part in ("val", "train"):
+        a, b = cached.dataset(part), decoded.dataset(part)
+        assert type(a).__name__ == "CachedChestXrayDataset" and type(b).__name__ == "ChestXrayDataset"
+        loader_a = cached._loader(part)
+        batch_a = cached.on_after_batch_transfer(next(iter(loader_a)), 0)
+        batch_b = next(iter(decoded._loader(part)))
+        order = [batch_b["name"].index(n) for n in batch_a["name"]]
+        assert torch.equal(batch_a["labels"], batch_b["labels"][order]) and torch.equal(batch_a["metadata"], batch_b["metadata"][order])
+        # uint8 storage: at most one grey level apart (1/255 / the smallest std) from the decoded path
+        assert (batch_a["image"] - batch_b["image"][order]).abs().max() <= 1 / 255 / 0.224 + 1e-4
+
+
+def test_required_cache_that_is_missing_says_how_to_build_it(real_sample_root):
+    with pytest.raises(FileNotFoundError, match=r"cxr-lightning data prepare --root .* --size 64"):
+        sample_module(real_sample_root, image_cache="required").dataset("val")

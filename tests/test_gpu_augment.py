@@ -82,6 +82,20 @@ def test_augment_applies_torchvisions_operations_per_sample():
         assert torch.allclose(rotated[i], tv, atol=1e-5)
 
 
+@pytest.mark.parametrize("config", [(10, 0.1, 0.1), (0, 0.1, 0.1), (10, 0, 0.2), (5, 0.3, 0)])
+def test_seeded_params_reproduce_the_per_sample_augmentation(config):
+    """AugmentParams.from_seeds draws in Augmentation's exact sequence: identical outputs for identical seeds."""
+    grey = real_images(40)
+    seeds = [11, 12, 13, 2**40 + 5, 99]
+    params = AugmentParams.from_seeds(seeds, *config)
+    out = BatchAugment(*config, channels=1, normalization="none")(grey, params=params.as_tensor())
+    for image, seed, result in zip(grey, seeds, out):
+        expected = Augmentation(*config)(image.clone(), torch.Generator().manual_seed(seed)).clamp(0, 1)
+        assert torch.allclose(result, expected, atol=2e-5), (config, seed)
+    with pytest.raises(ValueError, match="parameter rows"):
+        BatchAugment(*config)(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), params=params.as_tensor())
+
+
 def test_draws_are_independent_per_sample_and_reproducible():
     batch = torch.full((64, 1, 16, 16), 128, dtype=torch.uint8)
     batch[:, :, 4:12, 6:10] = 230

@@ -171,9 +171,11 @@ def test_every_shipped_config_parses(capsys):
     names = shipped_config_names()
     assert {"cnn.yaml", "resnet_linear.yaml", "resnet_log.yaml", "resnet_log_conv.yaml", "demo.yaml"} <= set(names)
     assert {f"beit_model{i}.yaml" for i in range(1, 6)} <= set(names)
-    rows = [n for n in names if n != "smoke.yaml"]
-    # smoke.yaml is an overlay: it is parsed on top of every row config.
-    for args in [["--config", n] for n in rows] + [["--config", n, "--config", "smoke.yaml"] for n in rows if n != "demo.yaml"]:
+    overlays = ("smoke.yaml", "fast.yaml")
+    rows = [n for n in names if n not in overlays]
+    # The overlays are parsed on top of every row config.
+    layered = [["--config", n, "--config", o] for o in overlays for n in rows if n != "demo.yaml"]
+    for args in [["--config", n] for n in rows] + layered:
         name = args[1]
         with pytest.raises(SystemExit) as exit_info:
             main(["fit", *args, "--print_config"])
@@ -327,3 +329,15 @@ def test_two_process_fit_writes_outputs_and_wandb_files_once(synthetic_root, tmp
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list((run / "wandb").glob("offline-run-*"))) == 1  # rank 0 only
     assert json.loads((run / "metrics.json").read_text())["num_images"] == _part_size(synthetic_root, "test")
+
+
+def test_fit_from_the_image_cache(synthetic_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "cached"
+    shutil.copytree(synthetic_root, root)
+    assert main(["data", "prepare", "--root", str(root), "--size", "32", "--workers", "0", "--no-progress"]) == 0
+    run = tmp_path / "run"
+    main(["fit", *cli_args(root, run, "--data.image_cache=required", "--test_after_fit=true", "--trainer.limit_train_batches=3")])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_images"] == len((root / "test_list.txt").read_text().split())

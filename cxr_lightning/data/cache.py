@@ -16,7 +16,7 @@ Layout, under ``root/cache/<size>/`` by default::
     images-<gen>.npy    the (N, S, S) uint8 array (numpy.lib.format.open_memmap: self-describing)
     done-<gen>.npy      (N,) uint8 progress mask: 0 to do, 1 cached, 2 missing, 3 unreadable
     sources-<gen>.npy   (N, 2) int64 size and mtime_ns of each source file when it was decoded
-    .lock               held (flock) while a build runs
+    .lock               held (a POSIX lockf lock) while a build runs; a second builder waits
 
 A build is resumable: the array is created once and filled in place by worker processes, one
 chunk at a time; a chunk's pixels are written and flushed before its rows are marked done, so a
@@ -31,6 +31,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import sys
 import threading
 import time
@@ -273,6 +274,9 @@ def _new_generation(directory: Path, names: list[str], size: int) -> dict:
     }
     from numpy.lib.format import open_memmap
 
+    need, free = len(names) * size * size, shutil.disk_usage(directory).free
+    if need > free:
+        raise OSError(f"the cache needs {need / 1e9:.2f} GB in {directory} but only {free / 1e9:.2f} GB are free; pass another out= (--out)")
     # The array is created once (a sparse file) and filled in place.
     array = open_memmap(directory / index["array"], mode="w+", dtype=np.uint8, shape=(len(names), size, size))
     del array
@@ -348,6 +352,8 @@ def build_cache(
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
     names = [str(n) for n in image_names]
+    if not names:
+        raise ValueError("no images to cache")
     if len(set(names)) != len(names):
         seen: set[str] = set()
         dupes = [n for n in names if n in seen or seen.add(n)]
@@ -651,12 +657,15 @@ def open_cache(root: str | Path | None, size: int, path: str | Path | None = Non
 # --------------------------------------------------------------------------------------------
 # the dataset
 # --------------------------------------------------------------------------------------------
-def _uint8_batch(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised uint8 tensor; in shared memory inside a DataLoader worker (no copy on the way out)."""
+def _uint8_batch(shape: tuple[int, ...], pin_memory: bool = False) -> torch.Tensor:
+    """An uninitialised uint8 tensor: in shared memory inside a DataLoader worker (no copy on the
+    way out, as ``default_collate`` does), else pinned when asked and CUDA is available."""
     if get_worker_info() is not None:
         numel = math.prod(shape)
         storage = torch.empty(0, dtype=torch.uint8)._typed_storage()._new_shared(numel, device="cpu")
         return torch.empty(0, dtype=torch.uint8).new(storage).view(shape)
+    if pin_memory and torch.cuda.is_available():
+        return torch.empty(shape, dtype=torch.uint8, pin_memory=True)
     return torch.empty(shape, dtype=torch.uint8)
 
 
@@ -673,9 +682,29 @@ class CachedChestXrayDataset(Dataset):
     locality) and returns it collated; pass ``collate_fn=cached_collate``. Samples of a batch
     come in cache-row order (all fields permuted alike); with ``shuffle=False`` over a dataset
     in CSV order that is the sampler's order.
+
+    With an ``augmentation`` (the training part), each sample/batch also carries ``augment``: the
+    ``(4,)``/``(B, 4)`` float32 parameters (angle, brightness, contrast, contrast_first) drawn like
+    :class:`~cxr_lightning.data.dataset.ChestXrayDataset` draws them, from
+    ``sample_seed(seed, epoch, index)`` (``epoch`` is the shared tensor a
+    :class:`~cxr_lightning.data.loading.ResumableSampler` writes), for
+    :class:`~cxr_lightning.data.gpu_augment.BatchAugment` to apply on the device. Batches carry
+    ``skipped: []`` like ``collate_skipping_bad``'s (bad images are left out when the cache is built).
+
+    ``pin_memory=True`` (for ``num_workers=0`` on CUDA): batches read in the main process go
+    straight into pinned memory, so the DataLoader's ``pin_memory`` step has nothing to copy.
     """
 
-    def __init__(self, cache: ImageCache, names: Sequence[str] | np.ndarray, labels: np.ndarray, metadata: np.ndarray):
+    def __init__(
+        self,
+        cache: ImageCache,
+        names: Sequence[str] | np.ndarray,
+        labels: np.ndarray,
+        metadata: np.ndarray,
+        seed: int = 0,
+        augmentation=None,
+        pin_memory: bool = False,
+    ):
         if not (len(names) == len(labels) == len(metadata)):
             raise ValueError(f"names, labels and metadata differ in length: {len(names)}, {len(labels)}, {len(metadata)}")
         self.cache = cache
@@ -684,19 +713,36 @@ class CachedChestXrayDataset(Dataset):
         self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32))
         self.metadata = torch.from_numpy(np.ascontiguousarray(metadata, dtype=np.float32))
         self.size = cache.size
+        self.seed = seed
+        self.augmentation = augmentation
+        self.pin_memory = pin_memory
+        # Written by the sampler's set_epoch; shared memory so DataLoader workers see it too.
+        self.epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def augment_params(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """``(B, 4)`` float32 augmentation parameters of these samples in this epoch."""
+        from cxr_lightning.data.gpu_augment import AugmentParams
+        from cxr_lightning.data.loading import sample_seed
+
+        a, epoch = self.augmentation, int(self.epoch[0])
+        seeds = [sample_seed(self.seed, epoch, int(i)) for i in indices]
+        return AugmentParams.from_seeds(seeds, a.rotation_degrees, a.brightness, a.contrast).as_tensor()
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, index: int) -> dict:
         image = torch.from_numpy(np.array(self.cache.array[self.cache_rows[index]])).unsqueeze(0)
-        return {
+        sample = {
             "image": image,
             "metadata": self.metadata[index],
             "labels": self.labels[index],
             "name": str(self.names[index]),
             "index": int(index),
         }
+        if self.augmentation is not None:
+            sample["augment"] = self.augment_params([index])[0]
+        return sample
 
     def __getitems__(self, indices: Sequence[int]) -> CachedBatch:
         idx = np.asarray(indices, dtype=np.int64)
@@ -709,24 +755,31 @@ class CachedChestXrayDataset(Dataset):
         order = np.argsort(rows, kind="stable")
         idx, rows = idx[order], rows[order]
         s = self.size
-        image = _uint8_batch((len(idx), 1, s, s))
+        image = _uint8_batch((len(idx), 1, s, s), self.pin_memory)
         # mode="clip": rows are valid, and the default mode="raise" would buffer `out` (a second copy).
         np.take(self.cache.array, rows, axis=0, out=image.numpy().reshape(len(idx), s, s), mode="clip")
         positions = torch.from_numpy(idx)
-        return CachedBatch(
+        batch = CachedBatch(
             image=image,
             metadata=self.metadata.index_select(0, positions),
             labels=self.labels.index_select(0, positions),
             name=self.names[idx].tolist(),
             index=positions,
+            skipped=[],
         )
+        if self.augmentation is not None:
+            batch["augment"] = self.augment_params(idx)
+        return batch
 
 
 def cached_collate(batch):
     """Collate for :class:`CachedChestXrayDataset`: passes a pre-collated batch through, else ``default_collate``."""
     if isinstance(batch, CachedBatch):
         return dict(batch)
-    return default_collate(batch)
+    out = default_collate(batch)
+    if isinstance(out, dict):
+        out.setdefault("skipped", [])
+    return out
 
 
 # --------------------------------------------------------------------------------------------

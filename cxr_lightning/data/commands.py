@@ -74,6 +74,7 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cxr_lightning.data.cache import add_prepare_arguments, run_prepare
     from cxr_lightning.data.download import add_download_arguments, run_download
 
     parser = argparse.ArgumentParser(prog="cxr-lightning data", description="NIH ChestX-ray14 data commands")
@@ -98,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=int, default=64)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=run_synth)
+
+    prepare = commands.add_parser("prepare", help="decode the images once into a resumable uint8 memmap cache of one size")
+    add_prepare_arguments(prepare)
+    prepare.set_defaults(run=run_prepare)
 
     download = commands.add_parser("download", help="download and extract the 12 NIH image archives (about 45 GB)")
     add_download_arguments(download)

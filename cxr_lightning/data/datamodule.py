@@ -15,7 +15,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
+from cxr_lightning.data.cache import CachedChestXrayDataset, ImageCache, cached_collate, default_cache_dir, open_cache
 from cxr_lightning.data.dataset import ChestXrayDataset, index_images
+from cxr_lightning.data.gpu_augment import BatchAugment, BatchNormalize
 from cxr_lightning.data.encoding import MetadataEncoder, MetadataEncoding, PosWeightScheme, positive_class_weights
 from cxr_lightning.data.labels import label_names
 from cxr_lightning.data.loading import ResumableDataLoader, ResumableSampler, collate_skipping_bad
@@ -95,6 +97,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         pin_memory: pin host memory for faster transfer to the GPU.
         persistent_workers: keep workers alive between epochs.
+        prefetch_factor: batches each worker loads ahead (PyTorch's default 2 when null).
         on_bad_image: ``error`` stops at a missing or undecodable image, naming it; ``skip``
             leaves it out, counts it and reports the names (missing files at set-up, unreadable
             ones at the end of each epoch).
@@ -102,6 +105,12 @@ class ChestXrayDataModule(L.LightningDataModule):
             (weighted sampling with replacement, an image's weight growing with the rarity of its
             rarest finding; see :func:`cxr_lightning.data.sampling.rare_finding_weights`).
         sampler_power: ``rare_findings`` only: weight = (N / positives of the rarest finding) ** power.
+        image_cache: ``auto`` reads the images from the preprocessed cache of ``image_size``
+            (``cxr-lightning data prepare``) when one holds them, else decodes the PNGs; ``off``
+            always decodes; ``required`` stops when there is no such cache. With the cache the
+            CPU only moves uint8 bytes: augmentation and normalisation run on the training
+            device after transfer (``on_after_batch_transfer``), with the same distributions.
+        cache_dir: the cache folder, default ``data_root/cache/<image_size>``.
         synthetic: generate a synthetic dataset into ``data_root`` if it has no metadata CSV.
     """
 
@@ -132,9 +141,12 @@ class ChestXrayDataModule(L.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = True,
         persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
         on_bad_image: Literal["error", "skip"] = "error",
         sampler: Literal["shuffle", "rare_findings"] = "shuffle",
         sampler_power: float = 0.5,
+        image_cache: Literal["auto", "off", "required"] = "auto",
+        cache_dir: str | Path | None = None,
         synthetic: SyntheticData | None = None,
     ):
         super().__init__()
@@ -142,8 +154,8 @@ class ChestXrayDataModule(L.LightningDataModule):
         # (paths as str, the dataclass as a dict) so they load with torch.load(weights_only=True).
         self.synthetic = SyntheticData(**synthetic) if isinstance(synthetic, dict) else synthetic
         synthetic = asdict(self.synthetic) if self.synthetic is not None else None
-        data_root, metadata_csv, train_val_list, test_list = (
-            None if p is None else str(p) for p in (data_root, metadata_csv, train_val_list, test_list)
+        data_root, metadata_csv, train_val_list, test_list, cache_dir = (
+            None if p is None else str(p) for p in (data_root, metadata_csv, train_val_list, test_list, cache_dir)
         )
         self.save_hyperparameters()
         normalization_stats(normalization, image_channels)  # fail early on a bad name
@@ -153,6 +165,10 @@ class ChestXrayDataModule(L.LightningDataModule):
         self._split: Split | None = None
         self._datasets: dict[str, ChestXrayDataset] = {}
         self.skipped_missing: dict[str, list[str]] = {}
+        self._cache: ImageCache | None | bool = False  # False: not looked for yet
+        # Used only for cached uint8 batches, on whatever device they land.
+        self.batch_normalize = BatchNormalize(image_channels, normalization)
+        self.batch_augment = BatchAugment(rotation_degrees, brightness, contrast, image_channels, normalization)
 
     # ----- values the CLI links into the model (available right after construction) -----
     @property
@@ -244,11 +260,39 @@ class ChestXrayDataModule(L.LightningDataModule):
             if part not in self._datasets:
                 self._datasets[part] = self.dataset(part)
 
-    def dataset(self, part: str) -> ChestXrayDataset:
+    def image_cache(self) -> ImageCache | None:
+        """The preprocessed image cache for ``image_size``, if used (looked up once)."""
+        h = self.hparams
+        if self._cache is False:
+            self._cache = None if h.image_cache == "off" else open_cache(self.data_root, h.image_size, path=h.cache_dir)
+            if self._cache is None and h.image_cache == "required":
+                raise DataNotFoundError(
+                    f"no complete {h.image_size}x{h.image_size} image cache under {h.cache_dir or default_cache_dir(self.data_root, h.image_size)};"
+                    f" build it with: cxr-lightning data prepare --root {self.data_root} --size {h.image_size}"
+                )
+        return self._cache
+
+    def dataset(self, part: str) -> ChestXrayDataset | CachedChestXrayDataset:
         """The dataset of one split part, with augmentation on ``train`` only."""
         meta, split = self._tables()
         rows = split.part(part)
         names = meta.frame["image"].to_numpy()[rows]
+        h = self.hparams
+        augmentation = Augmentation(h.rotation_degrees, h.brightness, h.contrast) if (part == "train" and h.augment) else None
+        cache = self.image_cache()
+        if cache is not None:
+            absent = cache.missing(names)
+            if not absent or h.on_bad_image == "skip":
+                if absent:
+                    rank_zero_warn(f"[data] skipping {len(absent):,} {part} images the cache lacks or marks bad, e.g. {list(absent)[:5]}")
+                    self.skipped_missing[part] = list(absent)
+                    keep = ~np.isin(names, absent)
+                    rows, names = rows[keep], names[keep]
+                rank_zero_info(f"[data] {part}: {len(names):,} images from the cache {cache.path}")
+                return CachedChestXrayDataset(cache, names, labels=meta.label_matrix(tuple(self.label_names))[rows],
+                                              metadata=self.encoder.encode(meta.frame.iloc[rows]), seed=h.seed,
+                                              augmentation=augmentation)  # fmt: skip
+            rank_zero_warn(f"[data] the image cache lacks {len(absent):,} {part} images (e.g. {list(absent)[:3]}): decoding the PNGs")
         located = index_images(self.data_root)
         present = np.array([n in located for n in names], dtype=bool)
         missing = names[~present].tolist()
@@ -262,8 +306,6 @@ class ChestXrayDataModule(L.LightningDataModule):
             rank_zero_warn(f"[data] skipping {len(missing):,} missing {part} images (on_bad_image=skip), e.g. {missing[:5]}")
             self.skipped_missing[part] = missing
             rows, names = rows[present], names[present]
-        h = self.hparams
-        augmentation = Augmentation(h.rotation_degrees, h.brightness, h.contrast) if (part == "train" and h.augment) else None
         transform = ImageTransform(h.image_size, h.image_channels, h.normalization, augmentation)
         return ChestXrayDataset(
             paths=[located[n] for n in names],
@@ -283,7 +325,8 @@ class ChestXrayDataModule(L.LightningDataModule):
             num_workers=h.num_workers,
             pin_memory=h.pin_memory and torch.cuda.is_available(),
             persistent_workers=h.persistent_workers and h.num_workers > 0,
-            collate_fn=collate_skipping_bad,
+            prefetch_factor=h.prefetch_factor if h.num_workers > 0 else None,
+            collate_fn=cached_collate if isinstance(dataset, CachedChestXrayDataset) else collate_skipping_bad,
         )
         if part != "train":
             return DataLoader(dataset, batch_size=h.eval_batch_size or h.batch_size, shuffle=False, **options)
@@ -300,6 +343,13 @@ class ChestXrayDataModule(L.LightningDataModule):
         """Batches of the current epoch that training has processed (what a resume skips)."""
         trainer = self.trainer
         return 0 if trainer is None else int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # Cached batches arrive as uint8: augment (train) or just normalise them on the device.
+        if isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor) and batch["image"].dtype == torch.uint8:
+            params = batch.pop("augment", None)
+            batch["image"] = self.batch_augment(batch["image"], params=params) if params is not None else self.batch_normalize(batch["image"])
+        return batch
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -13,7 +13,11 @@ model's ``(B, C, S, S)`` float32 input on the accelerator:
   torchvision for one channel) in an order drawn per sample, then clamp, replicate, normalise.
 
 Given the same parameters, :meth:`BatchAugment.augment` equals torchvision's per-image
-``rotate``/``adjust_brightness``/``adjust_contrast`` up to float rounding.
+``rotate``/``adjust_brightness``/``adjust_contrast`` up to float rounding. Parameters come either
+from independent random draws (``generator``) or, for resumable deterministic training, from the
+batch: :class:`~cxr_lightning.data.cache.CachedChestXrayDataset` with an ``augmentation`` puts an
+``augment`` ``(B, 4)`` table in each batch, drawn per sample from ``sample_seed(seed, epoch,
+index)`` in the per-sample path's exact sequence, so both paths augment a sample identically.
 """
 
 from __future__ import annotations
@@ -71,6 +75,26 @@ class BatchNormalize(nn.Module):
         return f"channels={self.channels}, normalization={self.normalization!r}"
 
 
+def draw_like_augmentation(
+    rotation_degrees: float, brightness: float, contrast: float, generator: torch.Generator
+) -> tuple[float, float, float, bool]:
+    """``(angle, brightness factor, contrast factor, contrast_first)`` drawn from ``generator`` in
+    exactly the sequence :meth:`cxr_lightning.data.transforms.Augmentation.__call__` draws them.
+
+    So a sample seeded like the per-sample path (``sample_seed(seed, epoch, index)``) gets the
+    very same augmentation on the cache path. A disabled part gives angle 0 / factor 1.
+    """
+    angle = (torch.rand((), generator=generator).item() * 2 - 1) * rotation_degrees if rotation_degrees else 0.0
+    order = torch.randperm(2, generator=generator).tolist()
+    bright = cont = 1.0
+    for op in order:
+        if op == 0 and brightness:
+            bright = 1 + (torch.rand((), generator=generator).item() * 2 - 1) * brightness
+        if op == 1 and contrast:
+            cont = 1 + (torch.rand((), generator=generator).item() * 2 - 1) * contrast
+    return angle, bright, cont, order[0] == 1
+
+
 @dataclass
 class AugmentParams:
     """Per-sample draws: ``angle`` (degrees), ``brightness`` and ``contrast`` factors and ``contrast_first``."""
@@ -82,6 +106,27 @@ class AugmentParams:
 
     def to(self, device: torch.device | str) -> AugmentParams:
         return AugmentParams(*(t.to(device) for t in (self.angle, self.brightness, self.contrast, self.contrast_first)))
+
+    def as_tensor(self) -> torch.Tensor:
+        """``(B, 4)`` float32: angle, brightness, contrast, contrast_first (0/1)."""
+        return torch.stack([self.angle.float(), self.brightness.float(), self.contrast.float(), self.contrast_first.float()], dim=1)
+
+    @classmethod
+    def from_tensor(cls, table: torch.Tensor) -> AugmentParams:
+        if table.ndim != 2 or table.shape[1] != 4:
+            raise ValueError(f"augmentation parameters must be (B, 4), got {tuple(table.shape)}")
+        return cls(table[:, 0], table[:, 1], table[:, 2], table[:, 3] > 0.5)
+
+    @classmethod
+    def from_seeds(cls, seeds, rotation_degrees: float, brightness: float, contrast: float) -> AugmentParams:
+        """One draw per seed, each exactly as the per-sample ``Augmentation`` would draw it from ``Generator().manual_seed(seed)``."""
+        generator = torch.Generator()
+        rows = []
+        for seed in seeds:
+            generator.manual_seed(int(seed))
+            rows.append(draw_like_augmentation(rotation_degrees, brightness, contrast, generator))
+        table = torch.tensor(rows, dtype=torch.float64).reshape(-1, 4)
+        return cls(table[:, 0].float(), table[:, 1].float(), table[:, 2].float(), table[:, 3] > 0.5)
 
 
 def rotation_grid(angles_deg: torch.Tensor, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -182,10 +227,19 @@ class BatchAugment(BatchNormalize):
             grey = (grey * scale + shift).clamp_(0.0, 1.0)
         return grey
 
-    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, params: AugmentParams | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Augment and normalise; ``params`` (e.g. a batch's ``augment`` ``(B, 4)`` table from
+        :class:`~cxr_lightning.data.cache.CachedChestXrayDataset`) replaces the random draws."""
         self._check(images)
         grey = to_unit_float(images).clamp(0.0, 1.0)
-        params = self.sample_params(len(grey), grey.device, generator)
+        if params is None:
+            params = self.sample_params(len(grey), grey.device, generator)
+        elif isinstance(params, torch.Tensor):
+            params = AugmentParams.from_tensor(params)
+        if len(params.angle) != len(grey):
+            raise ValueError(f"{len(params.angle)} augmentation parameter rows for a batch of {len(grey)}")
         return self.normalize(self.augment(grey, params).clamp_(0.0, 1.0))
 
     def extra_repr(self) -> str:
@@ -195,4 +249,4 @@ class BatchAugment(BatchNormalize):
         )
 
 
-__all__ = ["AugmentParams", "BatchAugment", "BatchNormalize", "rotate_batch", "rotation_grid", "to_unit_float"]
+__all__ = ["AugmentParams", "BatchAugment", "BatchNormalize", "draw_like_augmentation", "rotate_batch", "rotation_grid", "to_unit_float"]
