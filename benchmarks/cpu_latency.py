@@ -6,7 +6,7 @@ on the weights once denormals are flushed): a ``(1, 3, S, S)`` image and ``(1, 5
 15 probabilities out. Denormal floats are flushed to zero in both runtimes
 (``torch.set_flush_denormal(True)``; ORT ``session.set_denormal_as_zero``), both use the same
 number of intra-op threads, and each row is the median / p90 of ``--runs`` timed calls after
-``--warmup`` untimed ones.
+``--warmup`` untimed ones, taken in ``--rounds`` alternating blocks per runtime.
 
     python benchmarks/cpu_latency.py                      # 2 threads, 224x224, 50 runs
     python benchmarks/cpu_latency.py --threads 4 --runs 200 --opset 18
@@ -15,6 +15,7 @@ number of intra-op threads, and each row is the median / p90 of ``--runs`` timed
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -35,17 +36,6 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def time_calls(fn, runs: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return times
-
-
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -61,13 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for both runtimes (default 2)")
     parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=10, help="untimed calls per runtime, spread over the rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="blocks per runtime, alternating runtimes (default 5)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (17: legacy exporter, 18+: torch.export-based)")
     parser.add_argument("--channels-last", action="store_true", help="also time eager PyTorch with channels-last memory format")
     args = parser.parse_args(argv)
 
     import onnxruntime as ort
 
+    load_before = os.getloadavg()[0]
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -77,16 +69,16 @@ def main(argv: list[str] | None = None) -> int:
     image = torch.randn(1, 3, size, size)
     metadata = torch.tensor([[0.2, 1.0, 0.0, 1.0, 0.0]])
 
-    rows: list[tuple[str, list[float]]] = []
+    candidates: list[tuple[str, object]] = []
     with torch.inference_mode():
         reference = model(image, metadata).numpy()
-        rows.append(("PyTorch eager", time_calls(lambda: model(image, metadata), args.runs, args.warmup)))
-        if args.channels_last:
-            model_cl = ProbabilityModel(ResNet50Classifier(weights=None, metadata_dim=5).eval()).eval()
-            model_cl.load_state_dict(model.state_dict())
-            model_cl = model_cl.to(memory_format=torch.channels_last)
-            image_cl = image.contiguous(memory_format=torch.channels_last)
-            rows.append(("PyTorch eager, channels-last", time_calls(lambda: model_cl(image_cl, metadata), args.runs, args.warmup)))
+    candidates.append(("PyTorch eager", lambda: model(image, metadata)))
+    if args.channels_last:
+        model_cl = ProbabilityModel(ResNet50Classifier(weights=None, metadata_dim=5).eval()).eval()
+        model_cl.load_state_dict(model.state_dict())
+        model_cl = model_cl.to(memory_format=torch.channels_last)
+        image_cl = image.contiguous(memory_format=torch.channels_last)
+        candidates.append(("PyTorch eager, channels-last", lambda: model_cl(image_cl, metadata)))
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "resnet50.onnx"
@@ -100,15 +92,34 @@ def main(argv: list[str] | None = None) -> int:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feeds = {"image": image.numpy(), "metadata": metadata.numpy()}
-        output = session.run(["probabilities"], feeds)[0]
-        rows.append((f"ONNX Runtime {ort.__version__} (opset {args.opset}, {exporter} exporter)", time_calls(lambda: session.run(["probabilities"], feeds), args.runs, args.warmup)))
+    feeds = {"image": image.numpy(), "metadata": metadata.numpy()}
+    output = session.run(["probabilities"], feeds)[0]
+    candidates.append((f"ONNX Runtime {ort.__version__} (opset {args.opset}, {exporter} exporter)", lambda: session.run(["probabilities"], feeds)))
+
+    # Blocks of runs, runtime after runtime, for --rounds rounds: each runtime sees the same load from
+    # other processes over time, and a pause before each block lets the other runtime's spinning
+    # worker threads (OpenMP, ORT's thread pool) go idle so they do not steal the cores.
+    rows: list[tuple[str, list[float]]] = [(name, []) for name, _ in candidates]
+    per_round = [args.runs // args.rounds + (1 if r < args.runs % args.rounds else 0) for r in range(args.rounds)]
+    with torch.inference_mode():
+        for runs in per_round:
+            for (_, fn), (_, times) in zip(candidates, rows):
+                time.sleep(0.3)
+                for _ in range(max(1, args.warmup // args.rounds)):
+                    fn()
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    fn()
+                    times.append((time.perf_counter() - start) * 1000.0)
     max_diff = float(np.abs(output - reference).max())
+    load_after = os.getloadavg()[0]
 
     print(
         f"\nbatch-1 latency, ResNet-50 + metadata head + sigmoid, {size}x{size}, {args.threads} threads, denormals flushed; "
         f"{args.runs} runs after {args.warmup} warm-up\nCPU: {cpu_name()}; torch {torch.__version__}; "
         f"ONNX export {export_s:.1f} s; max |ORT - PyTorch| probability diff {max_diff:.1e}\n"
+        f"1-minute load average {load_before:.2f} before, {load_after:.2f} after ({os.cpu_count()} CPUs): "
+        "other processes competing for the cores inflate the numbers\n"
     )
     print("| runtime | median ms | p90 ms | mean ms | min ms | images/s (median) |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -5,6 +5,8 @@
   weights come from the DataModule (linked, never typed twice).
 * ``cxr-lightning data stats|split|synth|download``: data commands (``--help`` on each).
 * ``cxr-lightning report --runs runs``: the paper's tables from the run directories.
+* ``cxr-lightning predict --checkpoint CKPT --images ...`` (also ``predict-files``), ``export`` and
+  ``explain``: using a trained checkpoint on PNG, JPEG or DICOM files, with no training data.
 
 ``--config NAME`` that is not a file in the working directory resolves to the shipped config of
 that name (``resnet_log``, ``resnet_log.yaml`` or ``configs/resnet_log.yaml``), also for an
@@ -13,12 +15,14 @@ installed package.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 from importlib import resources
 from pathlib import Path
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+STANDALONE_COMMANDS = {"predict-files": "cxr_lightning.inference", "export": "cxr_lightning.export", "explain": "cxr_lightning.explain"}
 
 
 def shipped_config(name: str) -> Path | None:
@@ -65,11 +69,19 @@ def main(args: list[str] | None = None) -> int:
         from cxr_lightning.report import main as report_main
 
         return report_main(args[1:])
+    # `predict --checkpoint CKPT --images ...` predicts on image files from a checkpoint alone;
+    # `predict --config ... --ckpt_path ...` is LightningCLI's, on the configured data.
+    if args and (args[0] in STANDALONE_COMMANDS or (args[0] == "predict" and any(a.startswith("--images") for a in args))):
+        module = STANDALONE_COMMANDS.get(args[0], "cxr_lightning.inference")
+        return importlib.import_module(module).main(args[1:])
     if not args or args[0] in ("-h", "--help"):
         print("cxr-lightning: train and evaluate chest X-ray classifiers on NIH ChestX-ray14.\n"
               "  cxr-lightning fit|validate|test|predict --config NAME.yaml   (LightningCLI, below)\n"
               "  cxr-lightning data stats|split|synth|download ...          (cxr-lightning data --help)\n"
               "  cxr-lightning report --runs runs                           (the paper's tables from the runs)\n"
+              "  cxr-lightning predict --checkpoint CKPT --images DIR|GLOB|LIST [--metadata CSV] --out preds.csv\n"
+              "  cxr-lightning export --checkpoint CKPT --format onnx|torchscript --out model.onnx\n"
+              "  cxr-lightning explain --checkpoint CKPT --images ... [--labels ...] --out DIR [--boxes BBox_List_2017.csv]\n"
               f"  shipped configs: {', '.join(shipped_config_names())}\n")  # fmt: skip
     from cxr_lightning.training_cli import CXRLightningCLI
 

@@ -591,7 +591,8 @@ def run_explain(args: argparse.Namespace) -> int:
     skipped += more
     explanations.to_csv(out / "explanations.csv", index=False)
     pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(out / "skipped.csv", index=False)
-    print(f"wrote {len(explanations)} explanations to {out}" + (f"; {len(skipped)} skipped (skipped.csv)" if skipped else ""), file=sys.stderr)
+    note = f"; {len(skipped)} skipped (skipped.csv)" if skipped else ""
+    print(f"wrote {len(explanations)} explanations to {out}{note}", file=sys.stderr)
     if boxes is not None:
         order = labels if labels is not None else [n for n in predictor.label_names if n in set(boxes["label"])]
         summary = localization_summary(per_box, order)

@@ -135,7 +135,9 @@ def _export_onnx(wrapper: nn.Module, example: tuple[torch.Tensor, torch.Tensor],
     with _quiet():
         if exporter == "legacy":
             try:
-                torch.onnx.export(wrapper, example, str(out), dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=True, **common)
+                torch.onnx.export(
+                    wrapper, example, str(out), dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=True, **common
+                )
                 return "legacy"
             except (TypeError, AttributeError, NotImplementedError) as err:  # a PyTorch without the legacy exporter
                 print(f"legacy ONNX exporter unavailable ({err}); using the torch.export-based one", file=sys.stderr)
@@ -242,7 +244,7 @@ def export_model(
             torch.jit.save(traced, str(out))
             if verify:
                 loaded = torch.jit.load(str(out), map_location="cpu")
-                with torch.no_grad():
+                with torch.no_grad(), torch.jit.optimized_execution(False):
                     max_diff = float((loaded(check_image, check_metadata) - wrapper(check_image, check_metadata)).abs().max())
                 verification = {"runtime": f"torch.jit {torch.__version__}", "max_abs_diff": max_diff}
         exporter_note = "torch.jit.trace"
@@ -266,7 +268,10 @@ def export_model(
             }
             for name, shape in facts.get("inputs", {}).items()
         },
-        "outputs": {name: {"shape": shape, "dtype": "float32", "description": "sigmoid probability per label"} for name, shape in facts.get("outputs", {}).items()},
+        "outputs": {
+            name: {"shape": shape, "dtype": "float32", "description": "sigmoid probability per label"}
+            for name, shape in facts.get("outputs", {}).items()
+        },
         "label_names": list(spec.label_names),
         "thresholds": [float(t) for t in model.thresholds.tolist()],
         "decision_rule": "label predicted when probability >= its threshold",
@@ -287,7 +292,9 @@ def export_model(
             "feature_names": list(encoder.feature_names),
             "features": metadata_feature_formulas(encoder),
             "inputs": "age in years (unknown: missing), sex 'M'/'F'/'' (unknown), view 'PA'/'AP'/'' (unknown)",
-            "example": [{"input": row, "encoded": [float(v) for v in enc]} for row, enc in zip(EXAMPLE_METADATA, example_encoded)],
+            "example": [
+                {"input": row, "encoded": [float(v) for v in encoded]} for row, encoded in zip(EXAMPLE_METADATA, example_encoded)
+            ],
         },
         "metadata_dim": metadata_dim,
         "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -322,14 +329,16 @@ def run_export(args: argparse.Namespace) -> int:
         args.checkpoint, args.out, format=args.format, image_size=args.image_size, opset=args.opset,
         exporter=args.exporter, verify=not args.no_verify,
     )  # fmt: skip
-    print(f"wrote {result.path} ({result.format}" + (f", opset {result.opset}" if result.opset else "") + f") and {result.sidecar}")
+    opset = f", opset {result.opset}" if result.opset else ""
+    print(f"wrote {result.path} ({result.format}{opset}) and {result.sidecar}")
     if result.max_abs_diff is not None:
         print(f"max |exported - PyTorch| probability difference on a random batch: {result.max_abs_diff:.2e}")
     return 0
 
 
 def build_export_parser(prog: str = "cxr-lightning export") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Export a checkpoint to ONNX or TorchScript (probabilities out) with a JSON sidecar.")
+    description = "Export a checkpoint to ONNX or TorchScript (probabilities out) with a JSON sidecar."
+    parser = argparse.ArgumentParser(prog=prog, description=description)
     return add_export_arguments(parser)
 
 

@@ -253,7 +253,7 @@ class LoadedImage:
 def load_image(path: str | Path) -> LoadedImage:
     """Decode any supported file; raises :class:`ImageDecodeError` naming the file."""
     path = Path(path)
-    if is_dicom_file(path):
+    if path.suffix.lower() not in IMAGE_SUFFIXES and is_dicom_file(path):
         grey, tags = load_dicom_grey(path)
         return LoadedImage(path, grey, tags)
     return LoadedImage(path, load_grey(path))
@@ -290,7 +290,9 @@ class Predictor:
         self.checkpoint = Path(checkpoint)
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, spec: Any, device: str | torch.device = "cpu", batch_size: int = 16, num_workers: int = 2) -> Predictor:
+    def from_model(
+        cls, model: torch.nn.Module, spec: Any, device: str | torch.device = "cpu", batch_size: int = 16, num_workers: int = 2
+    ) -> Predictor:
         """A predictor for an in-memory model and its :class:`~cxr_lightning.checkpoint.DataSpec`."""
         self = cls.__new__(cls)
         self._setup(model, spec, device, batch_size, num_workers)
@@ -479,7 +481,8 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, num_workers=args.workers)
     frame = predictor.predict_files(args.images, metadata_csv=args.metadata, out_csv=args.out, progress=not args.no_progress)
     skipped = frame.attrs.get("skipped", [])
-    print(f"wrote {len(frame)} predictions to {args.out}" + (f"; {len(skipped)} skipped, see {skipped_csv_path(args.out)}" if skipped else ""), file=sys.stderr)
+    note = f"; {len(skipped)} skipped, see {skipped_csv_path(args.out)}" if skipped else ""
+    print(f"wrote {len(frame)} predictions to {args.out}{note}", file=sys.stderr)
     return 0 if len(frame) else 1
 
 
