@@ -22,8 +22,14 @@ PAPER_RUNS := cnn resnet_linear resnet_log resnet_log_conv beit_model1 beit_mode
 IMBALANCE_RUNS := resnet_log_focal resnet_asl resnet_log_oversample
 RUNS := $(PAPER_RUNS) $(IMBALANCE_RUNS)
 
+# Explanations of the best model of each kind, scored against bounding boxes.
+EXPLAIN_RUNS := cnn resnet_log_conv beit_model4
+
 ifeq ($(SMOKE),1)
 OUT ?= runs/smoke
+BOXES := data/smoke/BBox_List_2017.csv
+EXPLAIN_IMAGES := data/smoke/images
+EXPLAIN_DEVICE := cpu
 RUN_ARGS := --config configs/smoke.yaml
 # Per model family: random weights and a tiny BEiT, since nothing can be downloaded.
 SMOKE_cnn := --model.channels='[8, 16, 16, 32, 32]'
@@ -31,6 +37,9 @@ SMOKE_resnet := --model.weights=null
 SMOKE_beit := --model.config='{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 64, "patch_size": 16}'
 else
 OUT ?= runs
+BOXES := nih
+EXPLAIN_IMAGES := $(NIH_ROOT)/images
+EXPLAIN_DEVICE ?= cuda
 RUN_ARGS := $(if $(filter 1,$(FAST)),--config configs/fast.yaml) --data.data_root=$(NIH_ROOT) --trainer.devices=$(GPUS) \
 	--trainer.num_nodes=$(NODES) --trainer.strategy=$(STRATEGY) $(if $(PRECISION),--trainer.precision=$(PRECISION))
 endif
@@ -94,12 +103,19 @@ table6: resnet_log ## Table 6: log weights, 0.5 vs tuned thresholds
 table7: resnet_log_conv ## Table 7: log weights + conv input layers, 0.5 vs tuned thresholds
 imbalance: resnet_log $(IMBALANCE_RUNS) ## the imbalance methods beyond the paper, against log weights
 
+# Grad-CAM of the best checkpoint on every boxed image; pointing game and energy in the box per label.
+$(OUT)/%/explain/localization.csv: $(OUT)/%/metrics.json
+	$(CLI) explain --checkpoint "$$(ls -t $(OUT)/$*/checkpoints/best-*.ckpt | head -n 1)" --images $(EXPLAIN_IMAGES) \
+		--boxes $(BOXES) --boxed-only --device $(EXPLAIN_DEVICE) --out $(@D) --no-progress
+
+explain: $(foreach run,$(EXPLAIN_RUNS),$(OUT)/$(run)/explain/localization.csv) ## Grad-CAM localisation of the three best models on the bounding boxes
+
 table4: | $(STAMP) ## Table 4 (Appendix D): class prevalence per split, from the metadata (no training)
 	@mkdir -p $(OUT)
 	$(CLI) data stats --split paper --out $(OUT)/table4.md
 	@cat $(OUT)/table4.md
 
-tables: $(RUNS) table4 ## every table and the imbalance runs (runs already done are kept), then the report
+tables: $(RUNS) table4 explain ## every table and the imbalance runs (runs already done are kept), then the report
 	$(MAKE) --no-print-directory report
 
 report: | $(STAMP) ## OUT/report.md: the paper's tables, ours [95% CI] beside the paper's, tests, calibration, figures
@@ -108,4 +124,4 @@ report: | $(STAMP) ## OUT/report.md: the paper's tables, ours [95% CI] beside th
 clean: ## remove the virtual environment, caches and run outputs
 	rm -rf $(VENV) .pytest_cache runs data/demo data/smoke *.egg-info
 
-.PHONY: help install test demo download prepare $(RUNS) table1 table2 table3 table4 table5 table6 table7 imbalance tables report clean
+.PHONY: help install test demo download prepare $(RUNS) table1 table2 table3 table4 table5 table6 table7 imbalance explain tables report clean

@@ -548,7 +548,9 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
         help="labels to explain (default: with --boxes the labels boxed in each image, else each image's most probable finding)",
     )  # fmt: skip
     parser.add_argument("--out", required=True, type=Path, help="output folder: overlays/, explanations.csv, localization.csv")
-    parser.add_argument("--boxes", type=Path, default=None, metavar="CSV", help="NIH BBox_List_2017.csv: evaluate localisation on the boxed images")
+    parser.add_argument("--boxes", type=Path, default=None, metavar="CSV",
+                        help="NIH BBox_List_2017.csv ('nih': the packaged official file): evaluate localisation on the boxed images")
+    parser.add_argument("--boxed-only", action="store_true", help="with --boxes: explain only the images that have a box")
     parser.add_argument("--tolerance", type=float, default=0.0, help="pointing-game tolerance in model-input pixels (default 0)")
     parser.add_argument("--no-overlays", action="store_true", help="do not write overlay PNGs")
     return parser
@@ -567,7 +569,13 @@ def run_explain(args: argparse.Namespace) -> int:
     boxes = None
     boxed: dict[str, list[str]] = {}
     if args.boxes is not None:
+        if str(args.boxes) == "nih":
+            from cxr_lightning.data.metadata import packaged_file
+
+            args.boxes = packaged_file("BBox_List_2017.csv.gz")
         boxes = read_bbox_csv(args.boxes)
+        if args.boxed_only:
+            paths = [p for p in paths if p.name in set(boxes["image"])]
         names = {p.name for p in paths}
         boxes = boxes[boxes["image"].isin(names) & boxes["label"].isin(labels or predictor.label_names)]
         boxed = boxes.groupby("image")["label"].agg(lambda s: list(dict.fromkeys(s))).to_dict()

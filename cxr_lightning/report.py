@@ -211,6 +211,24 @@ def calibration_section(runs: dict[str, Run], figures_dir: Path, relative_to: Pa
             + _table(header, rows) + "\n\n" + "\n\n".join(figures))  # fmt: skip
 
 
+def localization_section(runs: dict[str, Run]) -> str:
+    """Pointing game and energy in the box per label, from ``<run>/explain/localization.csv``."""
+    parts = []
+    for name, title in FIGURE_1_RUNS:
+        path = runs[name].folder / "explain" / "localization.csv"
+        if not path.is_file():
+            parts.append(f"- {title} (`{name}`): {MISSING} (`make explain`)")
+            continue
+        frame = pd.read_csv(path)
+        rows = [[str(r["label"]), str(int(r["n_boxes"])), f"{r['pointing_hit_rate']:.3f}", f"{r['mean_energy_in_box']:.3f}",
+                 f"{r['mean_box_area_fraction']:.3f}"] for _, r in frame.iterrows()]  # fmt: skip
+        parts.append(f"#### {title} (`{name}`)\n\n"
+                     + _table(["Label", "Boxes", "Pointing-game hit rate", "Heatmap energy in the box", "Box area (energy by chance)"], rows))  # fmt: skip
+    return ("### Localisation: Grad-CAM against the bounding boxes\n\n"
+            "Hit: the heatmap's maximum falls inside the box. Energy: the fraction of the heatmap's mass inside the box; "
+            "the box's share of the image is what a uniform heatmap would score.\n\n" + "\n\n".join(parts))  # fmt: skip
+
+
 def table_4() -> str:
     from cxr_lightning.data.metadata import packaged_file, read_metadata
     from cxr_lightning.data.splits import make_split
@@ -270,6 +288,7 @@ def build_report(runs_dir: str | Path, out: str | Path, n_resamples: int = 2000,
         "## Beyond the paper",
         pairwise_tests(runs, n_resamples, seed),
         calibration_section(runs, figures, out.parent),
+        localization_section(runs),
         imbalance_table(runs),
     ]
     text = "\n\n".join(sections) + "\n"
