@@ -60,6 +60,7 @@ import pandas as pd
 from scipy import stats as _stats
 
 from cxr_lightning.data.labels import LABELS, NO_FINDING
+from cxr_lightning.metrics import MACRO_METRICS
 
 __all__ = [
     "MACRO_METRICS",
@@ -77,17 +78,9 @@ __all__ = [
     "holm_adjust",
 ]
 
-#: The macro metrics of :func:`bootstrap_ci` (names as in :mod:`cxr_lightning.metrics`).
-#: ``auroc_findings`` (mean AUROC over the labels other than ``No Finding``) is only reported when
-#: the label names contain ``No Finding``.
-MACRO_METRICS: tuple[str, ...] = (
-    "auroc_macro",
-    "auroc_findings",
-    "f1_macro",
-    "precision_macro",
-    "recall_macro",
-    "exact_match",
-)
+# The macro metrics of bootstrap_ci are those of cxr_lightning.metrics (MACRO_METRICS);
+# ``auroc_findings`` (mean AUROC over the labels other than ``No Finding``) is only reported when
+# the label names contain ``No Finding``.
 
 _IMAGE_NAME = re.compile(r"^(\d{8})_\d+\.\w+$")
 

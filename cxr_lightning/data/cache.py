@@ -808,24 +808,15 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _prepare_names(args: argparse.Namespace) -> list[str]:
-    from cxr_lightning.data.metadata import TEST_LIST, TRAIN_VAL_LIST, find_image_list, find_metadata_csv, read_metadata
+    from cxr_lightning.data.metadata import find_metadata_csv, read_metadata
 
     meta = read_metadata(args.metadata_csv or find_metadata_csv(args.root), quiet=True)
     names = meta.frame["image"].to_numpy()
     if args.split == "all":
         return names.tolist()
-    from cxr_lightning.data.splits import make_split
+    from cxr_lightning.data.commands import split_from_args
 
-    split = make_split(
-        args.split,
-        meta,
-        args.train_val_list or find_image_list(args.root, TRAIN_VAL_LIST),
-        args.test_list or find_image_list(args.root, TEST_LIST),
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        fractions=tuple(args.fractions),
-        stratify=args.stratify,
-    )
+    split = split_from_args(args, meta)
     rows = np.sort(np.concatenate([split.part(p) for p in dict.fromkeys(args.parts)]))
     return names[rows].tolist()
 

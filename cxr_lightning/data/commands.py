@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cxr_lightning.data.labels import label_names
 from cxr_lightning.data.metadata import TEST_LIST, TRAIN_VAL_LIST, find_image_list, find_metadata_csv, read_metadata
-from cxr_lightning.data.splits import PAPER_SEED, PAPER_VAL_FRACTION, PARTS, make_split
+from cxr_lightning.data.splits import PAPER_SEED, PAPER_VAL_FRACTION, PARTS, Split, make_split
 
 
 def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,11 +24,9 @@ def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bad-values", choices=("missing", "error"), default="missing", help="policy for bad ages/sexes/views")
 
 
-def _load(args: argparse.Namespace):
-    meta = read_metadata(args.metadata_csv or find_metadata_csv(args.root), bad_values=args.bad_values)
-    for line in meta.report.lines():
-        print(f"[metadata] {line}", file=sys.stderr)
-    split = make_split(
+def split_from_args(args: argparse.Namespace, meta) -> Split:
+    """The split the options of :func:`_add_split_arguments` describe."""
+    return make_split(
         args.split,
         meta,
         args.train_val_list or find_image_list(args.root, TRAIN_VAL_LIST),
@@ -38,7 +36,13 @@ def _load(args: argparse.Namespace):
         fractions=tuple(args.fractions),
         stratify=args.stratify,
     )
-    return meta, split
+
+
+def _load(args: argparse.Namespace):
+    meta = read_metadata(args.metadata_csv or find_metadata_csv(args.root), bad_values=args.bad_values)
+    for line in meta.report.lines():
+        print(f"[metadata] {line}", file=sys.stderr)
+    return meta, split_from_args(args, meta)
 
 
 def run_stats(args: argparse.Namespace) -> int:

@@ -28,16 +28,14 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 2_147_483_659 + index * 97) % (2**63 - 1)
 
 
-class ResumableSampler(DistributedSampler):
-    """Epoch-seeded shuffled order, sharded over ``num_replicas``; ``skip(n)`` resumes mid-epoch.
+class ResumableMixin:
+    """For ``DistributedSampler`` subclasses: publish the epoch to the dataset, and skip ahead once.
 
-    Subclassing ``DistributedSampler`` tells Lightning the sharding is already done.
+    The subclass sets ``epoch_tensor`` (or None) and ``_skip = 0`` and honours ``_skip`` in ``__iter__``.
     """
 
-    def __init__(self, dataset, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0, epoch_tensor: torch.Tensor | None = None):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-        self.epoch_tensor = epoch_tensor
-        self._skip = 0
+    epoch_tensor: torch.Tensor | None = None
+    _skip: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         super().set_epoch(epoch)
@@ -47,6 +45,18 @@ class ResumableSampler(DistributedSampler):
     def skip(self, samples: int) -> None:
         """Leave out the first ``samples`` of this process's next pass (once)."""
         self._skip = max(0, int(samples))
+
+
+class ResumableSampler(ResumableMixin, DistributedSampler):
+    """Epoch-seeded shuffled order, sharded over ``num_replicas``; ``skip(n)`` resumes mid-epoch.
+
+    Subclassing ``DistributedSampler`` tells Lightning the sharding is already done.
+    """
+
+    def __init__(self, dataset, seed: int = 0, shuffle: bool = True, num_replicas: int = 1, rank: int = 0, epoch_tensor: torch.Tensor | None = None):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.epoch_tensor = epoch_tensor
+        self._skip = 0
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())

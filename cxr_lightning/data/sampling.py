@@ -43,6 +43,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 from cxr_lightning.data.labels import LABELS, NO_FINDING
+from cxr_lightning.data.loading import ResumableMixin
 
 __all__ = ["rare_finding_weights", "RareFindingSampler"]
 
@@ -116,7 +117,7 @@ def rare_finding_weights(
     return image_weight / image_weight.mean()
 
 
-class RareFindingSampler(DistributedSampler):
+class RareFindingSampler(ResumableMixin, DistributedSampler):
     """Weighted random sampling, deterministic per ``(seed, epoch)``, sharded over DDP ranks.
 
     Args:
@@ -186,15 +187,6 @@ class RareFindingSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return self.num_samples
-
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
-        if self.epoch_tensor is not None:
-            self.epoch_tensor.fill_(epoch)
-
-    def skip(self, samples: int) -> None:
-        """Leave out the first ``samples`` of this process's next pass (once)."""
-        self._skip = max(0, int(samples))
 
     @classmethod
     def from_labels(
