@@ -21,7 +21,6 @@ import warnings
 from importlib import resources
 from pathlib import Path
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 STANDALONE_COMMANDS = {"predict-files": "cxr_lightning.inference", "export": "cxr_lightning.export", "explain": "cxr_lightning.explain"}
 
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-import pydicom  # noqa: E402 - a dependency of the package
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
 

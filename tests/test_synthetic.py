@@ -165,7 +165,7 @@ def test_deterministic_for_a_seed(tmp_path, real):
     kwargs = dict(num_images=25, image_size=40, metadata=meta, test_list=test_list, progress=False)
     a = generate_synthetic_dataset(tmp_path / "a", seed=5, **kwargs)
     b = generate_synthetic_dataset(tmp_path / "b", seed=5, **kwargs)
-    c = generate_synthetic_dataset(tmp_path / "c", seed=6, **kwargs)
+    generate_synthetic_dataset(tmp_path / "c", seed=6, **kwargs)
     assert a.label_counts == b.label_counts and a.num_boxes == b.num_boxes
 
     def files(root: Path) -> dict[str, bytes]:

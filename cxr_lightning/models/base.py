@@ -23,8 +23,6 @@ from cxr_lightning.models.fusion import MetadataFusionHead
 MODEL_CLASS_KEY = "model_class_path"
 RNG_STATE_KEY = "torch_rng_state"
 SchedulerName = Literal["none", "plateau", "warmup_linear"]
-#: Which threshold each logged metric group uses: the default 0.5 and the tuned per-label ones.
-THRESHOLD_GROUPS = ("default", "tuned")
 
 
 class CXRClassifier(L.LightningModule):
