@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 
 from cxr_lightning.checkpoint import load_classifier
@@ -51,3 +52,32 @@ def test_resnet_checkpoint_loads_with_weights_only_and_no_imagenet_file(syntheti
     model.eval()
     x = torch.rand(1, 3, 32, 32)
     assert torch.allclose(loaded(x, torch.zeros(1, 5)), model(x, torch.zeros(1, 5)), atol=1e-6)
+
+
+def test_a_save_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    from cxr_lightning.checkpoint import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "weights": torch.ones(3)}, path)
+    real_save = torch.save
+
+    def dying_save(obj, file, *args, **kwargs):
+        file.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # what a kill looks like from inside the process
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "weights": torch.zeros(3)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    state = torch.load(path, weights_only=True)
+    assert state["step"] == 1 and torch.equal(state["weights"], torch.ones(3))
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_the_cli_trainer_writes_checkpoints_atomically(synthetic_root):
+    from cxr_lightning.training_cli import CXRLightningCLI
+
+    cli = CXRLightningCLI(args=["--model", "cxr_lightning.models.BaselineCNN", f"--data.data_root={synthetic_root}",
+                                "--data.split=official", "--data.val_fraction=0.25", "--trainer.logger=false"], run=False)  # fmt: skip
+    assert type(cli.trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
