@@ -133,11 +133,9 @@ def write_predictions(path: Path, image_names: list[str], epoch, label_names: li
 
 
 def _image_names(loader, indices: torch.Tensor) -> list[str]:
+    """Image names of dataset positions (both dataset kinds have ``names``)."""
     dataset = loader[0].dataset if isinstance(loader, (list, tuple)) else loader.dataset
-    paths = getattr(dataset, "paths", None)
-    if paths is None:
-        return [str(i) for i in indices.tolist()]
-    return [Path(str(paths[i])).name for i in indices.tolist()]
+    return [str(dataset.names[i]) for i in indices.tolist()]
 
 
 def _finite(value):

@@ -53,16 +53,20 @@ class Run:
     n_resamples: int = 2000
     seed: int = 0
     _intervals: dict = field(default_factory=dict)
+    _predictions: dict = field(default_factory=dict)
 
     @property
     def data_root(self) -> str:
         return str(((self.config or {}).get("data") or {}).get("data_root", "?"))
 
     def predictions(self, part: str = "test"):
+        """The run's ``<part>_predictions.csv`` (read once), or None."""
         from cxr_lightning.statistics import read_predictions
 
-        path = self.folder / f"{part}_predictions.csv"
-        return read_predictions(path) if path.is_file() else None
+        if part not in self._predictions:
+            path = self.folder / f"{part}_predictions.csv"
+            self._predictions[part] = read_predictions(path) if path.is_file() else None
+        return self._predictions[part]
 
     def thresholds(self, group: str, label_names) -> np.ndarray:
         if group == "default":

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from cxr_lightning.data.cache import CachedChestXrayDataset, ImageCache, cached_collate, default_cache_dir, open_cache
-from cxr_lightning.data.dataset import ChestXrayDataset, index_images
+from cxr_lightning.data.dataset import ChestXrayDataset, has_images, index_images
 from cxr_lightning.data.gpu_augment import BatchAugment, BatchNormalize
 from cxr_lightning.data.encoding import MetadataEncoder, MetadataEncoding, PosWeightScheme, positive_class_weights
 from cxr_lightning.data.labels import label_names
@@ -165,6 +165,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         self._split: Split | None = None
         self._datasets: dict[str, ChestXrayDataset] = {}
         self.skipped_missing: dict[str, list[str]] = {}
+        self._located: dict[str, Path] | None = None
         self._cache: ImageCache | None | bool = False  # False: not looked for yet
         # Used only for cached uint8 batches, on whatever device they land.
         self.batch_normalize = BatchNormalize(image_channels, normalization)
@@ -247,7 +248,7 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     def check_images_present(self) -> None:
         """Fail early, before models load weights, when the data root holds no image at all."""
-        if self.synthetic is None and not index_images(self.data_root):
+        if self.synthetic is None and not has_images(self.data_root):
             raise DataNotFoundError(f"no images under {self.data_root.resolve()}/images.\n" + DOWNLOAD_HINT.format(root=self.data_root))
 
     # ----- Lightning hooks -----
@@ -293,7 +294,9 @@ class ChestXrayDataModule(L.LightningDataModule):
                                               metadata=self.encoder.encode(meta.frame.iloc[rows]), seed=h.seed,
                                               augmentation=augmentation)  # fmt: skip
             rank_zero_warn(f"[data] the image cache lacks {len(absent):,} {part} images (e.g. {list(absent)[:3]}): decoding the PNGs")
-        located = index_images(self.data_root)
+        if self._located is None:  # one directory listing for every part
+            self._located = index_images(self.data_root)
+        located = self._located
         present = np.array([n in located for n in names], dtype=bool)
         missing = names[~present].tolist()
         if missing and (self.hparams.on_bad_image == "error" or not present.any()):

@@ -20,6 +20,17 @@ from cxr_lightning.data.images import ImageDecodeError, load_grey
 from cxr_lightning.data.loading import sample_seed
 
 
+def has_images(root: str | Path) -> bool:
+    """Whether ``root/images`` (or a Kaggle ``root/images_*/images``) holds at least one file, without listing it all."""
+    root = Path(root)
+    for folder in [root / "images"] + [p / "images" for p in root.glob("images_*")]:
+        if folder.is_dir():
+            with os.scandir(folder) as entries:
+                if any(entry.is_file() for entry in entries):
+                    return True
+    return False
+
+
 def index_images(root: str | Path) -> dict[str, Path]:
     """Map image name -> path for ``root/images/*`` and the Kaggle layout ``root/images_*/images/*``."""
     root = Path(root)
@@ -56,6 +67,7 @@ class ChestXrayDataset(Dataset):
         if not (len(paths) == len(labels) == len(metadata)):
             raise ValueError(f"paths, labels and metadata differ in length: {len(paths)}, {len(labels)}, {len(metadata)}")
         self.paths = np.asarray([str(p) for p in paths], dtype=np.str_)
+        self.names = np.asarray([os.path.basename(p) for p in self.paths.tolist()], dtype=np.str_)
         self.labels = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32))
         self.metadata = torch.from_numpy(np.ascontiguousarray(metadata, dtype=np.float32))
         self.transform = transform
@@ -68,12 +80,12 @@ class ChestXrayDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        path = str(self.paths[index])
+        path, name = str(self.paths[index]), str(self.names[index])
         try:
             grey = load_grey(path)
         except ImageDecodeError:
             if self.skip_bad_images:
-                return {"skipped": os.path.basename(path)}
+                return {"skipped": name}
             raise
         # Augmentation randomness comes from (seed, epoch, index) alone: the same sample gets the
         # same augmentation whatever the worker, the prefetching or an interruption and resume.
@@ -82,6 +94,6 @@ class ChestXrayDataset(Dataset):
             "image": self.transform(grey, generator),
             "metadata": self.metadata[index],
             "labels": self.labels[index],
-            "name": os.path.basename(path),
+            "name": name,
             "index": index,
         }
