@@ -341,3 +341,5 @@ def test_fit_from_the_image_cache(synthetic_root, tmp_path):
     main(["fit", *cli_args(root, run, "--data.image_cache=required", "--test_after_fit=true", "--trainer.limit_train_batches=3")])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["num_images"] == len((root / "test_list.txt").read_text().split())
+    # the written predictions name their images (the report groups them by patient)
+    assert sorted(pd.read_csv(run / "test_predictions.csv")["image"]) == sorted((root / "test_list.txt").read_text().split())
