@@ -121,7 +121,16 @@ tables: $(RUNS) table4 explain ## every table and the imbalance runs (runs alrea
 report: | $(STAMP) ## OUT/report.md: the paper's tables, ours [95% CI] beside the paper's, tests, calibration, figures
 	$(CLI) report --runs $(OUT) --out $(OUT)/report.md --bootstrap $(BOOTSTRAP)
 
+bench: $(STAMP) ## CPU benchmarks: loading (needs NIH PNGs in NIH_ROOT/images), pipeline, train steps, reproduction time
+	$(BIN)/python benchmarks/loader_throughput.py --images $(NIH_ROOT)/images
+	$(BIN)/python benchmarks/pipeline_throughput.py
+	$(BIN)/python benchmarks/train_step_throughput.py
+	$(BIN)/python benchmarks/reproduction_time.py --batch-size 8 --warmup 2 --steps 4
+
+bench-gpu: $(STAMP) ## every GPU measurement in one run (one summary table; sized for under 8 minutes on one H100, not yet timed there)
+	$(BIN)/python benchmarks/gpu_all.py
+
 clean: ## remove the virtual environment, caches and run outputs
 	rm -rf $(VENV) .pytest_cache runs data/demo data/smoke *.egg-info
 
-.PHONY: help install test demo download prepare $(RUNS) table1 table2 table3 table4 table5 table6 table7 imbalance explain tables report clean
+.PHONY: help install test demo download prepare $(RUNS) table1 table2 table3 table4 table5 table6 table7 imbalance explain tables report bench bench-gpu clean

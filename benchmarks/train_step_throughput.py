@@ -22,63 +22,113 @@ from cxr_lightning.models import BaselineCNN, BEiTClassifier, ResNet50Classifier
 BEIT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072, "patch_size": 16}
 
 
-def build(name: str, image_size: int):
+def build(name: str, image_size: int, **options):
+    """(model, input channels, input size) of a named model; ``options`` go to the LightningModule."""
+    options.setdefault("metadata_dim", 3)
     if name == "cnn":
-        return BaselineCNN(metadata_dim=3), 3, image_size
+        return BaselineCNN(**options), 3, image_size
     if name == "resnet50":
-        return ResNet50Classifier(weights=None, metadata_dim=3), 3, image_size
+        return ResNet50Classifier(weights=None, **options), 3, image_size
     if name == "resnet50_stem":
         # The stem turns a 1024x1024 grey image into 244x244; we feed 4x the image size here.
-        return ResNet50Classifier(weights=None, high_res_stem=True, metadata_dim=3), 1, image_size * 4
+        return ResNet50Classifier(weights=None, high_res_stem=True, **options), 1, image_size * 4
     if name == "beit_base":
-        return BEiTClassifier(config={**BEIT_BASE, "image_size": image_size}, metadata_dim=3), 3, image_size
+        return BEiTClassifier(config={**BEIT_BASE, "image_size": image_size}, **options), 3, image_size
     raise ValueError(name)
 
 
-def measure(name: str, args: argparse.Namespace) -> dict:
+def synthetic_batch(batch_size: int, channels: int, size: int, metadata_dim: int, args: argparse.Namespace):
+    """Random images, metadata and labels already on the device (input costs nothing)."""
     device = torch.device(args.device)
-    model, channels, size = build(name, args.image_size)
-    model.to(device).train()
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    images = torch.randn(args.batch_size, channels, size, size, device=device)
+    images = torch.randn(batch_size, channels, size, size, device=device)
     if args.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    metadata = torch.randn(args.batch_size, 3, device=device)
-    labels = (torch.rand(args.batch_size, 15, device=device) < 0.1).float()
+    metadata = torch.randn(batch_size, metadata_dim, device=device)
+    labels = (torch.rand(batch_size, 15, device=device) < 0.1).float()
+    return images, metadata, labels
+
+
+def _timed(step, args: argparse.Namespace, steps: int) -> float:
+    """Seconds for ``steps`` calls of ``step`` after ``args.warmup`` untimed ones."""
+    cuda = args.device.startswith("cuda")
+    for _ in range(args.warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def prepare(model: torch.nn.Module, args: argparse.Namespace):
+    """The model on the device, channels-last and compiled as asked; returns (model, callable)."""
+    model.to(torch.device(args.device))
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model, (torch.compile(model) if args.compile else model)
+
+
+def _autocast(args: argparse.Namespace):
     dtype = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[args.precision]
-    step_fn = model
-    if args.compile:
-        step_fn = torch.compile(model)
+    return torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def training_seconds(model, batch, args: argparse.Namespace, steps: int) -> float:
+    """Seconds for ``steps`` training steps: forward, the model's loss, backward, an Adam update."""
+    model, forward = prepare(model, args)
+    model.train()
+    images, metadata, labels = batch
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            logits = step_fn(images, metadata)
-        loss = model.criterion(logits, labels)
+        with _autocast(args):
+            logits = forward(images, metadata)
+        loss = model.criterion(logits.float(), labels)
         loss.backward()
         optimizer.step()
 
-    for _ in range(args.warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    return _timed(step, args, steps)
+
+
+def inference_seconds(model, batch, args: argparse.Namespace, steps: int) -> float:
+    """Seconds for ``steps`` evaluation batches (forward and sigmoid, no gradients), as validate/test run."""
+    model, forward = prepare(model, args)
+    model.eval()
+    images, metadata, _ = batch
+
+    @torch.inference_mode()
+    def step() -> None:
+        with _autocast(args):
+            torch.sigmoid(forward(images, metadata).float())
+
+    return _timed(step, args, steps)
+
+
+def peak_mib(args: argparse.Namespace) -> float:
+    """CUDA max allocated on a GPU; on the CPU the max RSS of this (fresh) process."""
+    if args.device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(name: str, args: argparse.Namespace) -> dict:
+    torch.manual_seed(0)
+    model, channels, size = build(name, args.image_size)
+    batch = synthetic_batch(args.batch_size, channels, size, 3, args)
+    if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    elapsed = training_seconds(model, batch, args, args.steps)
     return {
         "model": name,
         "params (M)": sum(p.numel() for p in model.parameters()) / 1e6,
         "input": f"{channels}x{size}x{size}",
         "images/s": args.batch_size * args.steps / elapsed,
         "ms/step": 1000 * elapsed / args.steps,
-        "peak MiB": peak,
+        "peak MiB": peak_mib(args),
     }
 
 

@@ -34,6 +34,8 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, logit
 
+from cxr_lightning.statistics import as_matrix
+
 __all__ = [
     "DEFAULT_BINS",
     "expected_calibration_error",
@@ -51,19 +53,8 @@ DEFAULT_BINS = 15
 EPS = 1e-12
 
 
-def _as_2d(name: str, x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().float().cpu().numpy()
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must be (N, L) or (N,); got shape {arr.shape}")
-    return arr
-
-
 def _check(probs: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
-    p, t = _as_2d("probs", probs), _as_2d("targets", targets)
+    p, t = as_matrix("probs", probs, np.float64), as_matrix("targets", targets, np.float64)
     if p.shape != t.shape:
         raise ValueError(f"probs {p.shape} and targets {t.shape} differ in shape")
     if p.shape[0] == 0:

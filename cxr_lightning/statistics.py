@@ -140,10 +140,12 @@ def read_predictions(path: str | os.PathLike, label_names: Sequence[str] | None 
     return PredictionsFile(images, probs, targets, label_names, patient_ids_from_images(images))
 
 
-def _as_2d(name: str, x: Any) -> np.ndarray:
+def as_matrix(name: str, x: Any, dtype: Any = None) -> np.ndarray:
+    """``x`` (array, list or tensor, bf16 included) as an (N, L) array; a vector becomes one column."""
     if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    arr = np.asarray(x)
+        x = x.detach()
+        x = (x.float() if x.is_floating_point() else x).cpu().numpy()
+    arr = np.asarray(x, dtype=dtype)
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
@@ -152,8 +154,8 @@ def _as_2d(name: str, x: Any) -> np.ndarray:
 
 
 def _check_inputs(probs: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
-    p = _as_2d("probs", probs).astype(np.float64)
-    t = _as_2d("targets", targets)
+    p = as_matrix("probs", probs, np.float64)
+    t = as_matrix("targets", targets)
     if p.shape != t.shape:
         raise ValueError(f"probs {p.shape} and targets {t.shape} differ in shape")
     if not np.isfinite(p).all():
@@ -715,9 +717,9 @@ def delong_multilabel(
     labels with a defined test). A label with a single class gets NaN. Same independence caveat as
     :func:`delong_test`.
     """
-    pa = _as_2d("probs_a", probs_a).astype(np.float64)
-    pb = _as_2d("probs_b", probs_b).astype(np.float64)
-    t = _as_2d("targets", targets)
+    pa = as_matrix("probs_a", probs_a, np.float64)
+    pb = as_matrix("probs_b", probs_b, np.float64)
+    t = as_matrix("targets", targets)
     if not (pa.shape == pb.shape == t.shape):
         raise ValueError(f"shapes differ: {pa.shape}, {pb.shape}, {t.shape}")
     names = _label_names(label_names, t.shape[1])
