@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from cxr_lightning.cli import main
+from cxr_lightning.data.labels import LABELS
 
 
 def test_stats_prints_table_4_as_markdown(capsys):
@@ -34,7 +35,12 @@ def test_synth_then_stats_on_the_synthetic_root(tmp_path, capsys):
     root = tmp_path / "synthetic"
     assert main(["data", "synth", "--out", str(root), "--num-images", "120", "--image-size", "32", "--seed", "1"]) == 0
     assert len(list((root / "images").glob("*.png"))) == 120
-    capsys.readouterr()
+    summary = capsys.readouterr().out
+    assert f"{root}: 120 synthetic 32x32 images" in summary and "SyntheticSummary(" not in summary
+    written = pd.read_csv(root / "Data_Entry_2017_v2020.csv")["Finding Labels"].str.split("|").explode().value_counts()
+    printed = {parts[0]: int(parts[1].replace(",", "")) for parts in (line.rsplit(maxsplit=2) for line in summary.splitlines()[2:-1])}
+    assert list(printed) == list(LABELS)
+    assert printed == {label: int(written.get(label, 0)) for label in LABELS}
     assert main(["data", "stats", "--split", "patient", "--fractions", "0.6", "0.2", "0.2", "--seed", "0", "--root", str(root)]) == 0
     out = capsys.readouterr().out
     counts = [int(c.replace(",", "")) for c in out.split("| images |")[1].split("\n")[0].strip(" |").split("|")]

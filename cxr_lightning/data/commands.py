@@ -73,8 +73,22 @@ def run_synth(args: argparse.Namespace) -> int:
     from cxr_lightning.data.synthetic import generate_synthetic_dataset
 
     summary = generate_synthetic_dataset(args.out, args.num_images, args.image_size, args.seed)
-    print(summary)
+    print(format_synthetic_summary(summary))
     return 0
+
+
+def format_synthetic_summary(summary) -> str:
+    """What ``data synth`` wrote, for people: where, how much, and positives per label (all / test list)."""
+    lines = [
+        f"{summary.out}: {summary.num_images:,} synthetic {summary.image_size}x{summary.image_size} images of "
+        f"{summary.num_patients:,} patients (seed {summary.seed}); train_val_list {summary.num_train_val:,}, "
+        f"test_list {summary.num_test:,}; {summary.num_boxes:,} boxes",
+        f"{'label':<20} {'positives':>9} {'in test':>8}",
+    ]
+    for label, count in summary.label_counts.items():
+        lines.append(f"{label:<20} {count:>9,} {summary.test_label_counts.get(label, 0):>8,}")
+    lines.append(f"train with: cxr-lightning fit --config demo.yaml --data.data_root={summary.out}")
+    return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
