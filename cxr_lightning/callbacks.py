@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from cxr_lightning.metrics import best_f1_thresholds, per_label_table
@@ -46,7 +47,7 @@ class ThresholdTuner(L.Callback):
         if self.save_to and trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / self.save_to
             path.parent.mkdir(parents=True, exist_ok=True)
-            record = {"epoch": trainer.current_epoch, "num_images": int(len(epoch.indices)),
+            record = {**_weights_source(trainer, pl_module), "num_images": int(len(epoch.indices)),
                       "thresholds": dict(zip(pl_module.label_names, thresholds.tolist()))}  # fmt: skip
             path.write_text(json.dumps(record, indent=2) + "\n")
             if self.save_predictions:
@@ -79,9 +80,11 @@ class TestOutputWriter(L.Callback):
         summary = {group: {k: v for k, v in values.items() if k != "per_label"} for group, values in metrics.items()}
         summary["thresholds"] = dict(zip(names, results["thresholds"]))
         summary["num_images"] = int(len(epoch.indices))
+        summary.update(_weights_source(trainer, pl_module))
         (out / "metrics.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
 
-        table = per_label_table(metrics["tuned"]).join(per_label_table(metrics["default"])[["f1", "precision", "recall"]], rsuffix="@0.5")
+        at_half = per_label_table(metrics["default"])[["f1", "precision", "recall"]].add_suffix("@0.5")
+        table = per_label_table(metrics["tuned"]).join(at_half)
         table.to_csv(out / "per_label.csv", index_label="label")
 
         write_predictions(out / "test_predictions.csv", _image_names(trainer.test_dataloaders, epoch.indices), epoch, names)
@@ -136,6 +139,17 @@ def _image_names(loader, indices: torch.Tensor) -> list[str]:
     """Image names of dataset positions (both dataset kinds have ``names``)."""
     dataset = loader[0].dataset if isinstance(loader, (list, tuple)) else loader.dataset
     return [str(dataset.names[i]) for i in indices.tolist()]
+
+
+def _weights_source(trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+    """Which weights were evaluated: the epoch they come from and, for validate/test, the checkpoint file.
+
+    validate/test with ``ckpt_path`` do not restore the trainer's epoch counter, so the loaded
+    checkpoint's own epoch is used; inside fit the trainer's epoch is the weights' epoch.
+    """
+    if trainer.state.fn != TrainerFn.FITTING and trainer.ckpt_path and getattr(pl_module, "checkpoint_epoch", None) is not None:
+        return {"epoch": int(pl_module.checkpoint_epoch), "checkpoint": str(trainer.ckpt_path)}
+    return {"epoch": int(trainer.current_epoch), "checkpoint": None}
 
 
 def _finite(value):

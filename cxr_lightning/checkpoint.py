@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cxr_lightning.data.encoding import MetadataEncoder
@@ -111,3 +112,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+class LatestCheckpoint(ModelCheckpoint):
+    """The one writer of ``last.ckpt``: after every validation (or training epoch) and on its clock.
+
+    Lightning's ``ModelCheckpoint(save_last=True)`` refreshes ``last.ckpt`` only in a step where its
+    own trigger saved, so a best-only or clock-only writer leaves ``last.ckpt`` at an older epoch
+    (with both, one of them wrote ``last-v1.ckpt``). This subclass also writes it at the end of
+    every epoch, so ``last.ckpt`` is always the newest state, thresholds included: what
+    ``fit --ckpt_path last`` resumes and what ``predict``/``export`` of "the last model" mean. The
+    clock (``train_time_interval``, 10 minutes in the CLI) bounds what a preemption mid-epoch loses.
+    """
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_newest(trainer)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_newest(trainer)
+
+    def _save_newest(self, trainer) -> None:
+        # Skips sanity checks, non-fit stages and a step already saved (all ranks agree on each).
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

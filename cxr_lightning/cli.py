@@ -73,10 +73,15 @@ def main(args: list[str] | None = None) -> int:
     if args and (args[0] in STANDALONE_COMMANDS or (args[0] == "predict" and any(a.startswith("--images") for a in args))):
         module = STANDALONE_COMMANDS.get(args[0], "cxr_lightning.inference")
         return importlib.import_module(module).main(args[1:])
+    if args[:1] == ["predict"] and any(a in ("-h", "--help") for a in args):
+        print("cxr-lightning predict has two modes:\n"
+              "  on image files, from a checkpoint alone:  cxr-lightning predict --checkpoint CKPT --images ... --out preds.csv\n"
+              "      (its options: cxr-lightning predict-files --help)\n"
+              "  on the configured data split (LightningCLI, its options below):  cxr-lightning predict --config NAME.yaml --ckpt_path CKPT\n")  # fmt: skip
     if not args or args[0] in ("-h", "--help"):
         print("cxr-lightning: train and evaluate chest X-ray classifiers on NIH ChestX-ray14.\n"
               "  cxr-lightning fit|validate|test|predict --config NAME.yaml   (LightningCLI, below)\n"
-              "  cxr-lightning data stats|split|synth|download ...          (cxr-lightning data --help)\n"
+              "  cxr-lightning data stats|split|synth|download|prepare ...  (cxr-lightning data --help)\n"
               "  cxr-lightning report --runs runs                           (the paper's tables from the runs)\n"
               "  cxr-lightning predict --checkpoint CKPT --images DIR|GLOB|LIST [--metadata CSV] --out preds.csv\n"
               "  cxr-lightning export --checkpoint CKPT --format onnx|torchscript --out model.onnx\n"
@@ -99,7 +104,7 @@ def main(args: list[str] | None = None) -> int:
 
 def user_error(err: BaseException) -> str | None:
     """The message of a missing-data, missing-weights or bad-metadata error, even when wrapped."""
-    from cxr_lightning.data.datamodule import DataNotFoundError
+    from cxr_lightning.data.dataset import DataNotFoundError
     from cxr_lightning.data.metadata import MetadataError
     from cxr_lightning.models.weights import WeightsNotFoundError
 

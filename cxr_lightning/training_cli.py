@@ -10,6 +10,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 
 from cxr_lightning.callbacks import PredictionCSVWriter, TestOutputWriter, ThresholdTuner
+from cxr_lightning.checkpoint import LatestCheckpoint
 from cxr_lightning.data.datamodule import ChestXrayDataModule
 from cxr_lightning.models.base import CXRClassifier
 
@@ -48,14 +49,15 @@ class CXRLightningCLI(LightningCLI):
         parser.add_lightning_class_args(TestOutputWriter, "test_outputs")
         parser.add_lightning_class_args(PredictionCSVWriter, "predict_outputs")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.mode": "min", "checkpoint.save_last": True,
+        parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.mode": "min", "checkpoint.save_last": False,
                              "checkpoint.filename": "best-{epoch:02d}"})  # fmt: skip
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
-        # A second writer of last.ckpt, on a clock, so a preempted run loses at most that much:
-        # `fit --ckpt_path last` takes the newest last.ckpt of the two.
-        parser.add_lightning_class_args(ModelCheckpoint, "resume_checkpoint")
+        # The one writer of last.ckpt: after every epoch and every 10 minutes of training, so a
+        # preempted run loses at most that much; rewritten in place on a rerun (no last-v1.ckpt).
+        parser.add_lightning_class_args(LatestCheckpoint, "resume_checkpoint")
         parser.set_defaults({"resume_checkpoint.save_last": True, "resume_checkpoint.save_top_k": 0,
-                             "resume_checkpoint.train_time_interval": "0:10:00"})  # fmt: skip
+                             "resume_checkpoint.train_time_interval": "0:10:00",
+                             "resume_checkpoint.enable_version_counter": False})  # fmt: skip
         parser.link_arguments("trainer.default_root_dir", "resume_checkpoint.dirpath", compute_fn=_checkpoint_dir)
         parser.add_argument("--test_after_fit", type=bool, default=False, help="run test on the best checkpoint after fit")
         for source, target in (

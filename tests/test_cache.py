@@ -32,7 +32,7 @@ from cxr_lightning.data.cache import (
     open_cache,
     run_prepare,
 )
-from cxr_lightning.data.dataset import ChestXrayDataset
+from cxr_lightning.data.dataset import ChestXrayDataset, DataNotFoundError
 from cxr_lightning.data.gpu_augment import BatchAugment
 from cxr_lightning.data.images import load_grey
 from cxr_lightning.data.transforms import Augmentation, ImageTransform
@@ -243,6 +243,18 @@ def test_missing_and_corrupt_images_are_named_after_the_rest_is_cached(mixed_roo
     counter = DecodeCounter(monkeypatch)
     report = build_cache(root, listed, 16, workers=0, progress=False)
     assert sorted(counter.names) == sorted(broken) and report.complete and report.cached == len(listed)
+
+
+def test_a_root_without_images_fails_before_anything_is_allocated(tmp_path, capsys):
+    (tmp_path / "nih" / "images").mkdir(parents=True)
+    with pytest.raises(DataNotFoundError, match=r"no images under .*nih/images"):
+        build_cache(tmp_path / "nih", ["a.png", "b.png"], 224, workers=0, progress=False)
+    assert not (tmp_path / "nih" / "cache").exists()
+    parser = argparse.ArgumentParser()
+    add_prepare_arguments(parser)
+    assert run_prepare(parser.parse_args(["--root", str(tmp_path / "nih"), "--size", "224", "--no-progress"])) == 1
+    assert "cxr-lightning data download --root" in capsys.readouterr().err
+    assert not (tmp_path / "nih" / "cache").exists()
 
 
 def test_skip_records_bad_images_in_the_report_and_index(mixed_root):

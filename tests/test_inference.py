@@ -250,3 +250,14 @@ def test_predict_files_command(cnn_checkpoint, synthetic_root, tmp_path, capsys)
     assert len(frame) == 160 and (frame["metadata_source"] == "csv").all()
     assert frame.filter(like="prob_").to_numpy().min() > 0 and frame.filter(like="prob_").to_numpy().max() < 1
     assert "wrote 160 predictions" in capsys.readouterr().err
+
+
+def test_predict_help_names_both_modes(capsys):
+    from cxr_lightning.cli import main as cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli(["predict", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "predict --checkpoint CKPT --images" in out and "predict-files --help" in out
+    assert "--ckpt_path" in out and "--trainer" in out  # LightningCLI's own options follow

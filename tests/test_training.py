@@ -42,7 +42,7 @@ def trained_run(synthetic_root, tmp_path_factory):
 
 
 def test_fit_writes_checkpoints_thresholds_and_test_outputs(trained_run, synthetic_root):
-    assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in (trained_run / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]
     assert len(list((trained_run / "checkpoints").glob("best-*.ckpt"))) == 1
     for name in ("metrics.json", "per_label.csv", "test_predictions.csv", "thresholds.json", "val_predictions.csv", "roc_curves.png"):
         assert (trained_run / name).is_file(), name
@@ -343,3 +343,26 @@ def test_fit_from_the_image_cache(synthetic_root, tmp_path):
     assert metrics["num_images"] == len((root / "test_list.txt").read_text().split())
     # the written predictions name their images (the report groups them by patient)
     assert sorted(pd.read_csv(run / "test_predictions.csv")["image"]) == sorted((root / "test_list.txt").read_text().split())
+
+
+def test_last_ckpt_is_the_newest_state_not_the_best(synthetic_root, tmp_path):
+    """last.ckpt follows every epoch (with its tuned thresholds), whichever epoch was best; a rerun overwrites it."""
+    run = tmp_path / "run"
+    # "Best" by the lowest epoch number keeps epoch 0, so best and last must differ.
+    main(["fit", *cli_args(synthetic_root, run, "--checkpoint.monitor=epoch", "--checkpoint.mode=min", epochs=3)])
+    checkpoints = run / "checkpoints"
+    assert json.loads((run / "thresholds.json").read_text())["epoch"] == 2
+    assert sorted(p.name for p in checkpoints.glob("last*.ckpt")) == ["last.ckpt"]
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    best = torch.load(next(checkpoints.glob("best-*.ckpt")), weights_only=True)
+    steps_per_epoch = best["global_step"] // (best["epoch"] + 1)
+    assert last["epoch"] == 2 and last["global_step"] == 3 * steps_per_epoch
+    assert best["epoch"] < last["epoch"]
+    thresholds = json.loads((run / "thresholds.json").read_text())
+    assert torch.allclose(last["state_dict"]["thresholds"].double(), torch.tensor(list(thresholds["thresholds"].values()), dtype=torch.float64), atol=1e-6)
+    main(["test", *cli_args(synthetic_root, run, epochs=3), f"--ckpt_path={next(checkpoints.glob('best-*.ckpt'))}"])
+    tested = json.loads((run / "metrics.json").read_text())
+    assert tested["epoch"] == best["epoch"] and tested["checkpoint"].endswith(f"best-epoch={best['epoch']:02d}.ckpt")
+    main(["fit", *cli_args(synthetic_root, run, epochs=1)])
+    assert sorted(p.name for p in checkpoints.glob("last*.ckpt")) == ["last.ckpt"]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 0

@@ -344,7 +344,7 @@ def build_cache(
     ``image_names`` is left as it is; otherwise a new array is made and the rows it shares with
     the old cache are copied over (not decoded again) before the old files are removed.
     """
-    from cxr_lightning.data.dataset import index_images
+    from cxr_lightning.data.dataset import DOWNLOAD_HINT, DataNotFoundError, index_images
 
     if on_bad_image not in ("error", "skip"):
         raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
@@ -360,11 +360,14 @@ def build_cache(
         raise ValueError(f"{len(dupes)} duplicated image name(s), e.g. {dupes[:3]}")
     workers = (os.cpu_count() or 1) if workers is None else int(workers)
     directory = Path(out) if out is not None else default_cache_dir(root, size)
+    located = index_images(root)
+    if not located:
+        # Nothing to decode: fail before a (possibly 100+ GB) array is allocated for nothing.
+        raise DataNotFoundError(f"no images under {Path(root).resolve()}/images.\n" + DOWNLOAD_HINT.format(root=root))
     directory.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     report = CacheReport(path=directory, size=size, total=len(names))
 
-    located = index_images(root)
     with _locked(directory, progress):
         old = _read_index(directory)
         if old is not None and old.get("size") != size:
@@ -823,6 +826,8 @@ def _prepare_names(args: argparse.Namespace) -> list[str]:
 
 def run_prepare(args: argparse.Namespace) -> int:
     """``cxr-lightning data prepare``: build (or resume) the uint8 cache of the metadata CSV's images."""
+    from cxr_lightning.data.dataset import DataNotFoundError
+
     names = _prepare_names(args)
     print(f"[cache] {len(names):,} images listed; caching at {args.size}x{args.size} with {args.workers} worker(s)", file=sys.stderr)
     try:
@@ -836,7 +841,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             on_bad_image="skip" if args.skip_bad else "error",
             chunk_size=args.chunk_size,
         )
-    except CacheBuildError as err:
+    except (CacheBuildError, DataNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(report.summary())

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from cxr_lightning.data.cache import CachedChestXrayDataset, ImageCache, cached_collate, default_cache_dir, open_cache
-from cxr_lightning.data.dataset import ChestXrayDataset, has_images, index_images
+from cxr_lightning.data.dataset import DOWNLOAD_HINT, ChestXrayDataset, DataNotFoundError, has_images, index_images
 from cxr_lightning.data.gpu_augment import BatchAugment, BatchNormalize
 from cxr_lightning.data.encoding import MetadataEncoder, MetadataEncoding, PosWeightScheme, positive_class_weights
 from cxr_lightning.data.labels import label_names
@@ -34,16 +34,6 @@ from cxr_lightning.data.sampling import RareFindingSampler, rare_finding_weights
 from cxr_lightning.data.splits import PARTS, Split, SplitName, make_split
 from cxr_lightning.data.transforms import Augmentation, ImageTransform, normalization_stats
 
-DOWNLOAD_HINT = (
-    "Download the NIH ChestX-ray14 images (112,120 PNGs, about 45 GB) with\n"
-    "    cxr-lightning data download --root {root}\n"
-    "or point data.data_root at a folder holding images/ (or the Kaggle images_*/images/ folders).\n"
-    "To try the pipeline without the images: cxr-lightning data synth --out {root}_synthetic"
-)
-
-
-class DataNotFoundError(FileNotFoundError):
-    """The images of a split are not under the data root."""
 
 
 @dataclass

@@ -19,6 +19,17 @@ from torch.utils.data import Dataset
 from cxr_lightning.data.images import ImageDecodeError, load_grey
 from cxr_lightning.data.loading import sample_seed
 
+DOWNLOAD_HINT = (
+    "Download the NIH ChestX-ray14 images (112,120 PNGs, about 45 GB) with\n"
+    "    cxr-lightning data download --root {root}\n"
+    "or point data.data_root at a folder holding images/ (or the Kaggle images_*/images/ folders).\n"
+    "To try the pipeline without the images: cxr-lightning data synth --out {root}_synthetic"
+)
+
+
+class DataNotFoundError(FileNotFoundError):
+    """The images of a split are not under the data root."""
+
 
 def has_images(root: str | Path) -> bool:
     """Whether ``root/images`` (or a Kaggle ``root/images_*/images``) holds at least one file, without listing it all."""

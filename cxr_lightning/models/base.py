@@ -7,6 +7,7 @@ maps ``(B, C, H, W)`` to ``(B, out_features)``) and calls :meth:`CXRClassifier.a
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -183,6 +184,8 @@ class CXRClassifier(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(RNG_STATE_KEY)
         self._pending_rng_state = state if isinstance(state, torch.Tensor) else None
+        # validate/test of a checkpoint do not restore the trainer's epoch: outputs name this one.
+        self.checkpoint_epoch = checkpoint.get("epoch")
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         probs = self.predict_proba(batch["image"], batch["metadata"])
@@ -192,10 +195,12 @@ class CXRClassifier(L.LightningModule):
     def _metrics(self, collector: PredictionCollector) -> dict[str, dict]:
         epoch = collector.compute()
         no_finding = NO_FINDING if NO_FINDING in self.label_names else None
-        return {
-            "default": classification_metrics(epoch.probs, epoch.targets, torch.full_like(self.thresholds, 0.5), self.label_names, no_finding),
-            "tuned": classification_metrics(epoch.probs, epoch.targets, self.thresholds, self.label_names, no_finding),
-        }
+        tuned = classification_metrics(epoch.probs, epoch.targets, self.thresholds, self.label_names, no_finding)
+        with warnings.catch_warnings():
+            # The same labels' undefined AUROC was just reported for the tuned group: say it once.
+            warnings.filterwarnings("ignore", message="AUROC is undefined", category=UserWarning)
+            default = classification_metrics(epoch.probs, epoch.targets, torch.full_like(self.thresholds, 0.5), self.label_names, no_finding)
+        return {"default": default, "tuned": tuned}
 
     def _log_metrics(self, stage: str, metrics: dict[str, dict]) -> None:
         # Every rank holds the same gathered predictions, so no further sync is needed.
