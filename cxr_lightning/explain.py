@@ -520,7 +520,7 @@ def evaluate_localization(
     found, missing = find_image_files(images_root, boxes["image"])
     boxes = boxes[boxes["image"].isin(found)]
     by_image = boxes.groupby("image")["label"].agg(lambda s: list(dict.fromkeys(s))).to_dict()
-    table = read_metadata_table(metadata_csv) if isinstance(metadata_csv, (str, Path)) else metadata_csv
+    table = None if metadata_csv is None else read_metadata_table(metadata_csv)
     _, per_box, skipped = _explain_paths(
         predictor, list(found.values()), lambda name, probs: by_image.get(name, []), boxes, table,
         Path(overlays_dir) if overlays_dir is not None else None, progress, tolerance,

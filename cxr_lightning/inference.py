@@ -142,10 +142,11 @@ def resolve_inputs(inputs: str | Path | Iterable[str | Path]) -> tuple[list[Path
 
     for item in items:
         add(item)
-    unique: dict[Path, None] = {}
+    # One entry per file, however it was reached (a list file's "../x.png" and a glob's "x.png").
+    unique: dict[Path, Path] = {}
     for p in paths:
-        unique.setdefault(p, None)
-    return list(unique), problems
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values()), problems
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,17 +163,21 @@ def _clean_view(value: Any) -> str:
     return text if text in ("PA", "AP") else ""
 
 
-def read_metadata_table(path: str | Path) -> pd.DataFrame:
-    """A metadata CSV as a frame with columns ``image``, ``age`` (years, NaN unknown), ``sex``, ``view``.
+def read_metadata_table(source: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """A metadata CSV (or a frame already read) as a frame with ``image``, ``age`` (years, NaN unknown), ``sex``, ``view``.
 
     Accepts our names (``image, age, sex, view``) or NIH's (``Image Index, Patient Age, Patient
-    Gender, View Position``); only the image column is required. Duplicated images keep their first row.
+    Gender, View Position``); only the image column is required. Ages may be numbers or DICOM age
+    strings (``058Y``), sexes and views any case. Duplicated images keep their first row.
     """
-    path = Path(path)
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise ValueError(f"cannot read metadata CSV {path}: {err}") from err
+    if isinstance(source, pd.DataFrame):
+        raw, where = source, "metadata table"
+    else:
+        where = str(source)
+        try:
+            raw = pd.read_csv(Path(source), dtype=str, keep_default_na=False, na_values=[""])
+        except (OSError, pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+            raise ValueError(f"cannot read metadata CSV {source}: {err}") from err
     rename: dict[str, str] = {}
     for column in raw.columns:
         ours = METADATA_COLUMNS.get(str(column).strip().lower())
@@ -180,37 +185,53 @@ def read_metadata_table(path: str | Path) -> pd.DataFrame:
             rename[column] = ours
     raw = raw.rename(columns=rename)
     if "image" not in raw.columns:
-        raise ValueError(f"{path}: no image column; expected 'image' or 'Image Index' (found {list(raw.columns)})")
-    frame = pd.DataFrame({"image": raw["image"].fillna("").astype(str).str.strip()})
-    frame["age"] = [parse_dicom_age(v) if isinstance(v, str) else math.nan for v in raw.get("age", pd.Series([None] * len(raw)))]
-    frame["sex"] = [_clean_sex(v) for v in raw.get("sex", pd.Series([None] * len(raw)))]
-    frame["view"] = [_clean_view(v) for v in raw.get("view", pd.Series([None] * len(raw)))]
+        raise ValueError(f"{where}: no image column; expected 'image' or 'Image Index' (found {list(raw.columns)})")
+    blank = pd.Series([None] * len(raw), index=raw.index)
+    frame = pd.DataFrame({"image": [str(v).strip() if isinstance(v, str) else "" for v in raw["image"]]}, index=raw.index)
+    frame["age"] = [parse_dicom_age(v) for v in raw.get("age", blank)]
+    frame["sex"] = [_clean_sex(v) for v in raw.get("sex", blank)]
+    frame["view"] = [_clean_view(v) for v in raw.get("view", blank)]
     frame = frame[frame["image"] != ""]
     duplicated = frame["image"].duplicated()
     if duplicated.any():
-        print(f"[metadata] {path}: {int(duplicated.sum())} duplicated image rows; the first of each is used", file=sys.stderr)
+        print(f"[metadata] {where}: {int(duplicated.sum())} duplicated image rows; the first of each is used", file=sys.stderr)
         frame = frame[~duplicated]
     return frame.reset_index(drop=True)
 
 
 class _MetadataLookup:
-    """Finds a file's row of a metadata table: by path as written, by file name, by unique stem."""
+    """Finds a file's row of a metadata table: by the longest path suffix, else by a unique file name or stem.
+
+    A row ``a/scan.png`` matches the file ``/data/a/scan.png`` (and not ``/data/b/scan.png``). A
+    bare name matches a file of that name only when no other row has the same name; a name shared
+    by several rows is ambiguous: no row is used and the file is counted in ``ambiguous``.
+    """
 
     def __init__(self, table: pd.DataFrame | None):
-        self.rows: dict[str, dict[str, Any]] = {}
-        self.by_name: dict[str, dict[str, Any]] = {}
+        self.by_path: dict[tuple[str, ...], dict[str, Any]] = {}
+        self.by_name: dict[str, dict[str, Any] | None] = {}
         self.by_stem: dict[str, dict[str, Any] | None] = {}
+        self.ambiguous: set[str] = set()
         if table is None:
             return
         for row in table.to_dict("records"):
-            key = row["image"]
-            self.rows.setdefault(str(Path(key)), row)
-            self.by_name.setdefault(Path(key).name, row)
-            stem = Path(key).stem
-            self.by_stem[stem] = None if stem in self.by_stem else row  # None: ambiguous
+            key = Path(row["image"])
+            self.by_path.setdefault(key.parts, row)
+            self.by_name[key.name] = None if key.name in self.by_name else row  # None: ambiguous
+            self.by_stem[key.stem] = None if key.stem in self.by_stem else row
 
     def find(self, path: Path) -> dict[str, Any] | None:
-        return self.rows.get(str(path)) or self.by_name.get(path.name) or self.by_stem.get(path.stem)
+        for parts in (path.parts, path.resolve().parts):
+            for k in range(len(parts), 1, -1):  # the longest suffix of two or more parts first
+                row = self.by_path.get(parts[-k:])
+                if row is not None:
+                    return row
+        for index, key in ((self.by_name, path.name), (self.by_stem, path.stem)):
+            if key in index:
+                if index[key] is None:
+                    self.ambiguous.add(str(path))
+                return index[key]
+        return None
 
 
 def _merge_metadata(csv_row: dict[str, Any] | None, tags: dict[str, Any] | None) -> tuple[dict[str, Any], str]:
@@ -383,6 +404,10 @@ class Predictor:
                         original_sizes=[item.original_size for item, _ in kept],
                         greys=[item.grey for item, _ in kept] if keep_grey else [],
                     )
+            if lookup.ambiguous:
+                print(f"[metadata] {len(lookup.ambiguous)} image(s) match several rows of the metadata table by file name "
+                      f"(e.g. {sorted(lookup.ambiguous)[:3]}); their metadata is unknown: give paths in the image column "
+                      "to tell them apart", file=sys.stderr)  # fmt: skip
         finally:
             if workers is not None:
                 workers.shutdown()
@@ -411,7 +436,7 @@ class Predictor:
         paths, skipped = resolve_inputs(inputs)
         for problem in skipped:
             print(f"skipped {problem['path']}: {problem['reason']}", file=sys.stderr)
-        table = metadata_csv if isinstance(metadata_csv, pd.DataFrame) or metadata_csv is None else read_metadata_table(metadata_csv)
+        table = None if metadata_csv is None else read_metadata_table(metadata_csv)
         rows: list[dict[str, Any]] = []
         for batch in self.iter_batches(paths, table, skipped, progress=progress):
             probs = self.predict_tensors(batch.images, batch.metadata)

@@ -143,14 +143,26 @@ def imbalance_table(runs: dict[str, Run]) -> str:
 
 
 def _aligned(a: Run, b: Run):
-    """The two runs' test predictions on the same images, in the same order."""
+    """The two runs' test predictions on the images both predicted, in the same order; a note when fewer than all.
+
+    Runs that skipped different unreadable images (``on_bad_image: skip``) are compared on the
+    images they share (a paired comparison needs the same images), and the pair says so. Runs with
+    different labels cannot be compared: ``(None, reason)``.
+    """
     pa, pb = a.predictions(), b.predictions()
     if pa is None or pb is None:
-        return None
-    if sorted(pa.images) != sorted(pb.images) or pa.label_names != pb.label_names:
-        raise ValueError(f"runs {a.name} and {b.name} were tested on different images or labels; they cannot be compared")
+        return None, None
+    if pa.label_names != pb.label_names:
+        return None, f"not comparable: {a.name} and {b.name} predict different labels"
+    common = np.isin(pa.images, pb.images)
+    if not common.any():
+        return None, f"not comparable: {a.name} and {b.name} share no test image"
+    note = None
+    if not common.all() or len(pb.images) != int(common.sum()):
+        note = f"on the {int(common.sum()):,} test images both runs predicted ({len(pa.images):,} and {len(pb.images):,})"
+        pa = type(pa)(pa.images[common], pa.probs[common], pa.targets[common], pa.label_names, pa.patients[common])
     order = pd.Index(pb.images).get_indexer(pa.images)
-    return pa, pb.probs[order]
+    return (pa, pb.probs[order]), note
 
 
 def pairwise_tests(runs: dict[str, Run], n_resamples: int, seed: int) -> str:
@@ -161,11 +173,12 @@ def pairwise_tests(runs: dict[str, Run], n_resamples: int, seed: int) -> str:
     for ca, cb in combinations(columns, 2):
         a, b = runs[ca.run], runs[cb.run]
         pair = f"{ca.title} - {cb.title}"
-        aligned = _aligned(a, b) if a.metrics and b.metrics else None
+        aligned, note = _aligned(a, b) if a.metrics and b.metrics else (None, None)
         if aligned is None:
-            macro_rows.append([pair] + [MISSING] * len(METRIC_ROWS))
+            macro_rows.append([pair] + [note or MISSING] * len(METRIC_ROWS))
             continue
         pa, probs_b = aligned
+        pair += f" ({note})" if note else ""
         result = paired_bootstrap_test(pa.probs, probs_b, pa.targets, a.thresholds(ca.group, pa.label_names),
                                        b.thresholds(cb.group, pa.label_names), pa.patients, n_resamples=n_resamples,
                                        seed=seed, label_names=pa.label_names)  # fmt: skip

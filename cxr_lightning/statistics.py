@@ -628,6 +628,14 @@ def _binary_inputs(*arrays: Any) -> list[np.ndarray]:
         out.append(np.asarray(a).reshape(-1))
     if len({a.shape for a in out}) != 1:
         raise ValueError(f"inputs differ in length: {[a.shape[0] for a in out]}")
+    # The last array is the targets, the others scores: a NaN score would otherwise be ranked as
+    # the highest and give a plausible-looking AUC.
+    *scores, targets = out
+    for i, a in enumerate(scores):
+        if not np.isfinite(a.astype(np.float64)).all():
+            raise ValueError(f"scores {i + 1} contain NaN or inf ({int((~np.isfinite(a.astype(np.float64))).sum())} values)")
+    if not np.isin(targets, (0, 1)).all():
+        raise ValueError("targets must be 0/1")
     return out
 
 

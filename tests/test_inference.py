@@ -241,6 +241,39 @@ def test_metadata_table_accepts_our_columns_and_dicom_ages(tmp_path):
     assert math.isnan(table.loc[1, "age"]) and table.loc[1, "sex"] == "" and table.loc[1, "view"] == ""
 
 
+def test_a_frame_is_cleaned_like_a_csv(tmp_path):
+    frame = pd.DataFrame({"Image Index": ["a.png", "b.png"], "Patient Age": [55, "058Y"], "Patient Gender": ["f", "M"], "View Position": ["pa", None]})
+    (tmp_path / "m.csv").write_text(frame.to_csv(index=False))
+    from_frame, from_csv = read_metadata_table(frame), read_metadata_table(tmp_path / "m.csv")
+    pd.testing.assert_frame_equal(from_frame, from_csv)
+    assert from_frame.loc[0, ["age", "sex", "view"]].tolist() == [55.0, "F", "PA"] and from_frame.loc[1, "view"] == ""
+
+
+def test_metadata_rows_match_by_path_and_same_named_files_are_not_confused(cnn_checkpoint, synthetic_root, tmp_path, capsys):
+    source = sorted((synthetic_root / "images").glob("*.png"))[0]
+    for folder in ("a", "b", "c"):
+        (tmp_path / "scans" / folder).mkdir(parents=True)
+        (tmp_path / "scans" / folder / "scan.png").write_bytes(source.read_bytes())
+    # a/ and b/ by path; c/scan.png matches no path and its name is shared by two rows: ambiguous
+    meta = pd.DataFrame({"image": ["a/scan.png", "b/scan.png"], "age": [20, 80], "sex": ["M", "F"], "view": ["PA", "AP"]})
+    frame = Predictor(cnn_checkpoint).predict_files(tmp_path / "scans", metadata_csv=meta, progress=False)
+    rows = frame.set_index(frame["path"].map(lambda p: Path(p).parent.name))
+    assert rows.loc["a", ["age", "sex", "view"]].tolist() == [20.0, "M", "PA"]
+    assert rows.loc["b", ["age", "sex", "view"]].tolist() == [80.0, "F", "AP"]
+    assert rows.loc["c", "metadata_source"] == "default"
+    assert "1 image(s) match several rows" in capsys.readouterr().err
+
+
+def test_one_file_reached_twice_is_predicted_once(synthetic_root, tmp_path):
+    images = synthetic_root / "images"
+    name = sorted(p.name for p in images.glob("*.png"))[0]
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "list.txt").write_text(f"{Path('..') / 'link' / name}\n")
+    (tmp_path / "link").symlink_to(images)
+    paths, problems = resolve_inputs([tmp_path / "lists" / "list.txt", images / name, str(tmp_path / "link" / name)])
+    assert problems == [] and len(paths) == 1
+
+
 def test_predict_files_command(cnn_checkpoint, synthetic_root, tmp_path, capsys):
     out = tmp_path / "p.csv"
     code = predict_main(["--checkpoint", str(cnn_checkpoint), "--images", str(synthetic_root / "images"),

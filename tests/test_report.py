@@ -71,3 +71,22 @@ def test_pairwise_tests_and_calibration_use_the_runs_predictions(tmp_path):
     calibration = report.split("### Calibration")[1]
     assert "no val_predictions.csv" in calibration.split("(`resnet_log_conv`)")[1].split("\n")[0]
     assert "no val_predictions.csv" not in calibration.split("(`cnn`)")[1].split("\n")[0]
+
+
+def test_runs_that_skipped_different_images_are_compared_on_the_images_they_share(tmp_path):
+    from cxr_lightning.statistics import delong_test, read_predictions
+
+    runs = tmp_path / "runs"
+    for seed, name in enumerate(("cnn", "resnet_log_conv", "beit_model4")):
+        fake_run(runs / name, tuned=METRICS, default=METRICS, seed=seed)
+    beit = runs / "beit_model4" / "test_predictions.csv"
+    pd.read_csv(beit).drop(index=[0, 7]).to_csv(beit, index=False)  # two images skipped as unreadable
+    assert main(["report", "--runs", str(runs), "--bootstrap", "100"]) == 0
+    report = (runs / "report.md").read_text()
+    assert "| Baseline (CNN) - BEiT (Vision Transformer) (on the 38 test images both runs predicted (40 and 38)) | " in report
+    assert "| Baseline (CNN) - ResNet | " in report  # the full pair is untouched
+    a, b = read_predictions(runs / "cnn" / "test_predictions.csv"), read_predictions(beit)
+    keep = np.isin(a.images, b.images)
+    expected = delong_test(a.probs[keep, 4], b.probs[:, 4], a.targets[keep, 4])
+    section = report.split("#### DeLong per label: Baseline (CNN) - BEiT")[1].split("####")[0]
+    assert f"| Effusion | {expected.auc_a:.4f} | {expected.auc_b:.4f} | {expected.diff:+.4f} |" in section

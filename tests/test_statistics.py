@@ -395,6 +395,14 @@ def test_delong_identical_predictions_and_single_auc_ci():
     assert lo < auc < hi and hi - lo == pytest.approx(2 * norm.ppf(0.975) * se)
     with pytest.raises(ValueError, match="single class"):
         delong_test(s, s, np.zeros(300, int))
+    with_nan = s.copy()
+    with_nan[5] = np.nan
+    with pytest.raises(ValueError, match="scores 1 contain NaN"):
+        delong_test(with_nan, s, y)
+    with pytest.raises(ValueError, match="scores 1 contain NaN"):
+        delong_auc_ci(with_nan, y)
+    with pytest.raises(ValueError, match="0/1"):
+        delong_test(s, s, y * 2)
 
 
 def test_delong_multilabel_rows_and_holm():
