@@ -124,15 +124,20 @@ class PredictionCSVWriter(BasePredictionWriter):
         frame = pd.DataFrame(probs, columns=[f"prob_{n}" for n in labels])
         decisions = pd.DataFrame((probs >= pl_module.thresholds.cpu().numpy()).astype(np.int8), columns=[f"pred_{n}" for n in labels])
         name = "predictions.csv" if trainer.world_size == 1 else f"predictions.rank{trainer.global_rank}.csv"
-        pd.concat([pd.DataFrame({"image": names}), frame, decisions], axis=1).to_csv(out / name, index=False, float_format="%.6g")
+        pd.concat([pd.DataFrame({"image": names}), frame, decisions], axis=1).to_csv(out / name, index=False, float_format="%.9g")
         rank_zero_info(f"[predict] wrote {len(names):,} predictions to {out / name}")
 
 
 def write_predictions(path: Path, image_names: list[str], epoch, label_names: list[str]) -> None:
-    """CSV: ``image``, ``prob_<label>`` and ``label_<label>`` per label (what reports and statistics read)."""
+    """CSV: ``image``, ``prob_<label>`` and ``label_<label>`` per label (what reports and statistics read).
+
+    Probabilities keep 9 significant digits, which round-trip float32 exactly: a rounded value
+    can cross a tuned threshold and the report, recomputing from this file, would disagree with
+    ``metrics.json``.
+    """
     predictions = pd.DataFrame(epoch.probs.numpy(), columns=[f"prob_{n}" for n in label_names])
     labels = pd.DataFrame(epoch.targets.numpy().astype(np.int8), columns=[f"label_{n}" for n in label_names])
-    pd.concat([pd.DataFrame({"image": image_names}), predictions, labels], axis=1).to_csv(path, index=False, float_format="%.6g")
+    pd.concat([pd.DataFrame({"image": image_names}), predictions, labels], axis=1).to_csv(path, index=False, float_format="%.9g")
 
 
 def _image_names(loader, indices: torch.Tensor) -> list[str]:
@@ -147,9 +152,12 @@ def _weights_source(trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
     validate/test with ``ckpt_path`` do not restore the trainer's epoch counter, so the loaded
     checkpoint's own epoch is used; inside fit the trainer's epoch is the weights' epoch.
     """
-    if trainer.state.fn != TrainerFn.FITTING and trainer.ckpt_path and getattr(pl_module, "checkpoint_epoch", None) is not None:
+    if trainer.state.fn == TrainerFn.FITTING:
+        return {"epoch": int(trainer.current_epoch), "checkpoint": None}
+    if trainer.ckpt_path and getattr(pl_module, "checkpoint_epoch", None) is not None:
         return {"epoch": int(pl_module.checkpoint_epoch), "checkpoint": str(trainer.ckpt_path)}
-    return {"epoch": int(trainer.current_epoch), "checkpoint": None}
+    # The weights in memory: after fit, current_epoch counts the finished epochs (the last is one less).
+    return {"epoch": int(trainer.current_epoch) - 1 if trainer.current_epoch > 0 else None, "checkpoint": None}
 
 
 def _finite(value):

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 
 from cxr_lightning.data.encoding import MetadataEncoder
 from cxr_lightning.data.transforms import ImageTransform
@@ -115,27 +116,37 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LatestCheckpoint(ModelCheckpoint):
-    """The one writer of ``last.ckpt``: after every validation (or training epoch) and on its clock.
+    """The one writer of ``last.ckpt``: after every validation, at every epoch end, and on its clock.
 
     Lightning's ``ModelCheckpoint(save_last=True)`` refreshes ``last.ckpt`` only in a step where its
     own trigger saved, so a best-only or clock-only writer leaves ``last.ckpt`` at an older epoch
-    (with both, one of them wrote ``last-v1.ckpt``). This subclass also writes it at the end of
-    every epoch, so ``last.ckpt`` is always the newest state, thresholds included: what
-    ``fit --ckpt_path last`` resumes and what ``predict``/``export`` of "the last model" mean. The
-    clock (``train_time_interval``, 10 minutes in the CLI) bounds what a preemption mid-epoch loses.
+    (with both, one of them wrote ``last-v1.ckpt``), and epochs without validation
+    (``check_val_every_n_epoch > 1``) are never saved. This subclass writes it after each
+    validation (thresholds just tuned) and at each training-epoch end, once per step, so
+    ``last.ckpt`` is always the newest state: what ``fit --ckpt_path last`` resumes and what
+    ``predict``/``export`` of "the last model" mean. The clock (``train_time_interval``, 10 minutes
+    in the CLI) bounds what a preemption mid-epoch loses.
     """
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._save_newest(trainer)
+        self._save_newest(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        before = self._last_global_step_saved
         super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._save_newest(trainer)
+        if self._last_global_step_saved == trainer.global_step != before:
+            return  # saved just now, after this validation
+        # Also when this step was saved before the validation (a step-based trigger on the epoch's
+        # last batch): the validation has just retuned the thresholds, which last.ckpt must carry.
+        self._save_newest(trainer, after_validation=True)
 
-    def _save_newest(self, trainer) -> None:
-        # Skips sanity checks, non-fit stages and a step already saved (all ranks agree on each).
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    def _save_newest(self, trainer, after_validation: bool = False) -> None:
+        # Never in sanity checks, non-fit stages or fast_dev_run; a step already saved only when a
+        # validation came after that save. All ranks take the same decision.
+        already = self._last_global_step_saved == trainer.global_step
+        if not self.save_last or trainer.sanity_checking or bool(trainer.fast_dev_run) or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if already and not after_validation:
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))

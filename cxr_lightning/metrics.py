@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.functional.classification import (
+    binary_auroc,
     multilabel_auroc,
     multilabel_exact_match,
     multilabel_f1_score,
@@ -119,9 +120,8 @@ class PredictionCollector(Metric):
             raise ValueError(f"expected {self.num_labels} labels, got probs of shape {tuple(probs.shape)}")
         if indices.is_floating_point():
             raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
-        # float32 even for bf16/fp16 autocast outputs: bf16 has ~3 significant digits, which would
-        # create artificial ties in AUROC and in threshold search. Fixed dtypes also keep the
-        # all_gather across ranks consistent.
+        # One fixed dtype keeps the all_gather across ranks consistent. (The fusion head already
+        # computes float32 logits under bf16 autocast, so the probabilities carry no bf16 ties.)
         self.probs.append(probs.detach().to(torch.float32))
         self.targets.append(targets.detach().to(torch.int64))
         self.indices.append(indices.detach().to(torch.int64))
@@ -260,9 +260,13 @@ def classification_metrics(
     if (~undefined).any():
         # Only the defined labels go to torchmetrics, which would otherwise warn and return 0 for
         # the others. thresholds=None: exact AUROC over all distinct scores, like sklearn.
-        auroc[~undefined] = multilabel_auroc(
-            probs[:, ~undefined], targets[:, ~undefined], int((~undefined).sum()), average="none", thresholds=None
-        ).double()
+        defined = int((~undefined).sum())
+        if defined == 1:  # torchmetrics' multilabel functions need at least two labels
+            auroc[~undefined] = binary_auroc(probs[:, ~undefined][:, 0], targets[:, ~undefined][:, 0], thresholds=None).double()
+        else:
+            auroc[~undefined] = multilabel_auroc(
+                probs[:, ~undefined], targets[:, ~undefined], defined, average="none", thresholds=None
+            ).double()
     if undefined.any():
         names = [name for name, bad in zip(label_names, undefined.tolist()) if bad]
         warnings.warn(

@@ -93,7 +93,13 @@ class CXRLightningCLI(LightningCLI):
             # Validate the best checkpoint first: its thresholds are re-tuned on the same
             # predictions (so unchanged) and its validation predictions are written for
             # calibration; then test it.
-            self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            # That validation is not logged: the loggers' history would gain a val/loss point at
+            # the last step holding the best epoch's value.
+            loggers, self.trainer.loggers = self.trainer.loggers, []
+            try:
+                self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            finally:
+                self.trainer.loggers = loggers
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 

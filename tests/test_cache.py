@@ -368,6 +368,16 @@ def test_cache_path_augments_each_sample_like_the_png_path(mixed_root, augmentat
         assert torch.equal(cached[2]["augment"], batch["augment"][batch["index"].tolist().index(2)])
     cached.epoch.fill_(1)
     assert not torch.equal(cached_collate(cached.__getitems__([0, 1]))["augment"], batch["augment"][:2])
+    # A repeated draw of image 2 (tagged 2 + N): same pixels and labels, its own augmentation,
+    # equal to the PNG path's augmentation of the same draw.
+    n = len(names)
+    repeat = cached_collate(cached.__getitems__([2, 2 + n]))
+    assert repeat["index"].tolist() == [2, 2] and torch.equal(repeat["image"][0], repeat["image"][1])
+    assert not torch.equal(repeat["augment"][0], repeat["augment"][1])
+    assert torch.equal(cached[2 + n]["augment"], repeat["augment"][1])
+    png.epoch.fill_(1)
+    out = device_side(repeat["image"], params=repeat["augment"])
+    assert (out[1] - png[2 + n]["image"]).abs().max().item() <= 1.0 / 255
 
 
 def test_dataset_within_a_batch_rows_are_read_in_sorted_order(mixed_root):

@@ -166,7 +166,7 @@ def test_rare_images_are_drawn_more_often_than_their_frequency():
     hernia = y[:, LABELS.index("Hernia")].astype(bool)
     sampler = RareFindingSampler.from_labels(y, power=0.5, seed=3)
     assert len(sampler) == len(y)
-    drawn = np.array(list(sampler))
+    drawn = np.array(list(sampler)) % len(y)  # repeats come tagged as index + k * N
     share = hernia[drawn].mean()
     assert share > 5 * hernia.mean(), (share, hernia.mean())
     # And No Finding images, the majority, are drawn less often than their frequency.
@@ -201,11 +201,35 @@ def test_two_ranks_partition_the_same_global_draw():
         merged[0::2], merged[1::2] = shards
         single = RareFindingSampler(w, num_samples=1002, seed=5)
         single.set_epoch(epoch)
-        assert merged == ranks[0].global_indices().tolist() == list(single)
+        assert merged == list(single)
+        assert [i % 1001 for i in merged] == ranks[0].global_indices().tolist()
     # Without replacement the ranks' shards are disjoint.
     nr = [RareFindingSampler(w, seed=1, replacement=False, num_replicas=2, rank=r, num_samples=600) for r in (0, 1)]
     a, b = list(nr[0]), list(nr[1])
     assert len(a) == len(b) == 300 and not set(a) & set(b) and len(set(a)) == 300
+
+
+def test_repeated_draws_are_tagged_so_each_gets_its_own_augmentation(tmp_path):
+    from cxr_lightning.data.dataset import ChestXrayDataset
+    from cxr_lightning.data.loading import tag_repeats
+    from cxr_lightning.data.transforms import Augmentation, ImageTransform
+
+    assert tag_repeats(torch.tensor([3, 1, 3, 0, 3, 1]), 10).tolist() == [3, 1, 13, 0, 23, 11]
+    w = np.array([50.0, 1.0, 1.0])  # image 0 is drawn again and again
+    drawn = list(RareFindingSampler(w, seed=0, num_samples=30))
+    assert sorted(i % 3 for i in drawn) == sorted(RareFindingSampler(w, seed=0, num_samples=30).global_indices().tolist())
+    assert len(set(drawn)) == len(drawn)  # no two draws share an index, hence a seed
+    from PIL import Image
+
+    for name in "abc":
+        Image.fromarray((np.arange(32 * 32).reshape(32, 32) % 256).astype(np.uint8)).save(tmp_path / f"{name}.png")
+    transform = ImageTransform(32, 3, "imagenet", Augmentation(rotation_degrees=10, brightness=0.1, contrast=0.1))
+    labels = torch.eye(3, 15)
+    dataset = ChestXrayDataset([tmp_path / f"{n}.png" for n in "abc"], labels, torch.zeros(3, 5), transform)
+    first, again = dataset[0], dataset[3]  # position 0, its first and its second draw
+    assert again["index"] == 0 and again["name"] == "a.png" and torch.equal(again["labels"], labels[0])
+    assert not torch.equal(first["image"], again["image"])
+    assert torch.equal(dataset[3]["image"], again["image"])  # still deterministic
 
 
 def test_sampler_skip_and_epoch_tensor():

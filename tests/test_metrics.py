@@ -215,6 +215,17 @@ def test_all_labels_single_class_gives_nan_macro() -> None:
     assert metrics["f1_macro"] == 0.0 and metrics["exact_match"] == float((probs < 0.5).all(1).float().mean())
 
 
+def test_exactly_one_label_with_both_classes_gets_its_auroc() -> None:
+    generator = torch.Generator().manual_seed(0)
+    probs, targets = torch.rand(12, 3, generator=generator), torch.zeros(12, 3)
+    targets[:5, 1] = 1  # only label b has both classes
+    with pytest.warns(UserWarning, match=r"AUROC is undefined.*'a'.*'c'"):
+        metrics = classification_metrics(probs, targets, 0.5, ["a", "b", "c"], no_finding=None)
+    expected = roc_auc_score(targets[:, 1].numpy(), probs[:, 1].double().numpy())
+    assert metrics["per_label"]["b"]["auroc"] == pytest.approx(expected, abs=TOLERANCE)
+    assert metrics["auroc_macro"] == pytest.approx(expected, abs=TOLERANCE) and math.isnan(metrics["per_label"]["a"]["auroc"])
+
+
 def test_no_warning_when_every_label_has_both_classes(predictions) -> None:
     probs, targets = predictions
     with warnings.catch_warnings():

@@ -46,3 +46,11 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(synthetic_roo
         assert torch.equal(value, b["state_dict"][key]), key
     thresholds = [json.loads((tmp_path / run / "thresholds.json").read_text()) for run in ("straight", "killed")]
     assert thresholds[0] == thresholds[1]
+    # Stopped cleanly after epoch 2 of 3 (last.ckpt from the end of an epoch), then resumed: the
+    # same weights too, dropout included (the loaders do not draw from the global RNG).
+    fit(synthetic_root, tmp_path / "two_then_three", "--trainer.max_epochs=2")
+    fit(synthetic_root, tmp_path / "two_then_three", "--trainer.max_epochs=3", "--ckpt_path=last")
+    c = torch.load(tmp_path / "two_then_three" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert c["global_step"] == 24
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, c["state_dict"][key]), key

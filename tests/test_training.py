@@ -366,3 +366,50 @@ def test_last_ckpt_is_the_newest_state_not_the_best(synthetic_root, tmp_path):
     main(["fit", *cli_args(synthetic_root, run, epochs=1)])
     assert sorted(p.name for p in checkpoints.glob("last*.ckpt")) == ["last.ckpt"]
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 0
+
+
+def test_the_cli_cnn_keeps_its_dropout_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--model", "cxr_lightning.models.BaselineCNN", "--print_config"])
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["init_args"]["head_dropout"] == 0.4
+
+
+def test_epochs_without_validation_save_last_and_step_the_plateau_on_fresh_losses(synthetic_root, tmp_path):
+    run = tmp_path / "run"
+    main(["fit", *cli_args(synthetic_root, run, "--model.scheduler=plateau", "--trainer.check_val_every_n_epoch=2", epochs=3)])
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 3 * (last["global_step"] // 3)
+    scheduler = last["lr_schedulers"][0]
+    assert scheduler["last_epoch"] == 1  # stepped once: after the only validation (epoch 1)
+
+
+def test_reduced_precision_keeps_thresholds_and_predictions_exact(synthetic_root, tmp_path):
+    """bf16-true: thresholds stay float32; bf16-mixed: metrics.json is recomputed exactly from test_predictions.csv."""
+    true_run = tmp_path / "bf16_true"
+    main(["fit", *cli_args(synthetic_root, true_run, "--trainer.precision=bf16-true")])
+    state = torch.load(true_run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    tuned = json.loads((true_run / "thresholds.json").read_text())["thresholds"]
+    assert state["thresholds"].dtype == torch.float32
+    assert state["thresholds"].tolist() == pytest.approx(list(tuned.values()), abs=1e-7)
+
+    mixed = tmp_path / "bf16_mixed"
+    main(["fit", *cli_args(synthetic_root, mixed, "--trainer.precision=bf16-mixed", "--test_after_fit=true")])
+    metrics = json.loads((mixed / "metrics.json").read_text())
+    frame = pd.read_csv(mixed / "test_predictions.csv")
+    probs, labels = frame[[f"prob_{n}" for n in LABELS]].to_numpy(), frame[[f"label_{n}" for n in LABELS]].to_numpy()
+    assert len(np.unique(probs)) > 0.9 * probs.size  # float32 logits: no bf16 ties
+    decisions = (probs >= np.array([metrics["thresholds"][n] for n in LABELS])).astype(int)
+    assert metrics["tuned"]["f1_macro"] == pytest.approx(f1_score(labels, decisions, average="macro", zero_division=0), abs=1e-6)
+
+
+def test_after_fit_the_best_validation_is_not_logged_and_outputs_name_the_weights_epoch(synthetic_root, tmp_path):
+    run = tmp_path / "run"
+    main(["fit", *cli_args(synthetic_root, run, "--test_after_fit=true", "--checkpoint.save_top_k=0", epochs=2),
+          "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={run}"])  # fmt: skip
+    logged = pd.read_csv(next(run.rglob("metrics.csv")))
+    assert logged["val/loss"].notna().sum() == 2  # the two epochs; not the re-validation after fit
+    assert logged["test/loss"].notna().sum() == 1
+    for name in ("metrics.json", "thresholds.json"):
+        record = json.loads((run / name).read_text())
+        assert record["epoch"] == 1 and record["checkpoint"] is None  # the in-memory weights of the last epoch

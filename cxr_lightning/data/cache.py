@@ -735,6 +735,7 @@ class CachedChestXrayDataset(Dataset):
         return len(self.names)
 
     def __getitem__(self, index: int) -> dict:
+        draw, index = int(index), int(index) % len(self)  # a repeated draw reads index % len (tag_repeats)
         image = torch.from_numpy(np.array(self.cache.array[self.cache_rows[index]])).unsqueeze(0)
         sample = {
             "image": image,
@@ -744,19 +745,22 @@ class CachedChestXrayDataset(Dataset):
             "index": int(index),
         }
         if self.augmentation is not None:
-            sample["augment"] = self.augment_params([index])[0]
+            sample["augment"] = self.augment_params([draw])[0]
         return sample
 
     def __getitems__(self, indices: Sequence[int]) -> CachedBatch:
         idx = np.asarray(indices, dtype=np.int64)
         if idx.ndim != 1:
             raise ValueError("__getitems__ takes a flat list of indices")
-        if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
+        if len(idx) and idx.min() < -len(self):
             raise IndexError(f"index out of range for a dataset of {len(self)}")
-        idx = np.where(idx < 0, idx + len(self), idx)
+        # Indices >= len are a sampler's repeated draws (tag_repeats): the image at index % len,
+        # augmented with the whole index as its seed.
+        draws = np.where(idx < 0, idx + len(self), idx)
+        idx = draws % len(self)
         rows = self.cache_rows[idx]
         order = np.argsort(rows, kind="stable")
-        idx, rows = idx[order], rows[order]
+        idx, rows, draws = idx[order], rows[order], draws[order]
         s = self.size
         image = _uint8_batch((len(idx), 1, s, s), self.pin_memory)
         # mode="clip": rows are valid, and the default mode="raise" would buffer `out` (a second copy).
@@ -771,7 +775,7 @@ class CachedChestXrayDataset(Dataset):
             skipped=[],
         )
         if self.augmentation is not None:
-            batch["augment"] = self.augment_params(idx)
+            batch["augment"] = self.augment_params(draws)
         return batch
 
 

@@ -320,6 +320,10 @@ class ChestXrayDataModule(L.LightningDataModule):
             persistent_workers=h.persistent_workers and h.num_workers > 0,
             prefetch_factor=h.prefetch_factor if h.num_workers > 0 else None,
             collate_fn=cached_collate if isinstance(dataset, CachedChestXrayDataset) else collate_skipping_bad,
+            # The loader's own generator: starting an epoch's iterator must not draw from the global
+            # RNG (dropout's), or a run resumed from an end-of-epoch checkpoint would diverge by that
+            # draw. Augmentation is seeded per sample and epoch, not by the worker seeds this feeds.
+            generator=torch.Generator().manual_seed(h.seed),
         )
         if part != "train":
             return DataLoader(dataset, batch_size=h.eval_batch_size or h.batch_size, shuffle=False, **options)

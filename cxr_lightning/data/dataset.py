@@ -91,6 +91,9 @@ class ChestXrayDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
+        # index >= len: a sampler's repeated draw (loading.tag_repeats): the image at index % len,
+        # its own augmentation.
+        draw, index = int(index), int(index) % len(self.paths)
         path, name = str(self.paths[index]), str(self.names[index])
         try:
             grey = load_grey(path)
@@ -100,7 +103,7 @@ class ChestXrayDataset(Dataset):
             raise
         # Augmentation randomness comes from (seed, epoch, index) alone: the same sample gets the
         # same augmentation whatever the worker, the prefetching or an interruption and resume.
-        generator = torch.Generator().manual_seed(sample_seed(self.seed, int(self.epoch[0]), index))
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, int(self.epoch[0]), draw))
         return {
             "image": self.transform(grey, generator),
             "metadata": self.metadata[index],

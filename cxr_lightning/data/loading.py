@@ -28,6 +28,26 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch * 2_147_483_659 + index * 97) % (2**63 - 1)
 
 
+def tag_repeats(draw: torch.Tensor, size: int) -> torch.Tensor:
+    """``draw`` with the k-th repeat (k = 0, 1, ...) of a dataset position p written as ``p + k * size``.
+
+    A sampler with replacement draws some images several times an epoch. Datasets read the image
+    at ``index % size`` and seed its augmentation with the whole index, so every draw of an image
+    gets its own augmentation. A draw without repeats is returned unchanged.
+    """
+    draw = torch.as_tensor(draw, dtype=torch.int64)
+    if draw.numel() == 0:
+        return draw.clone()
+    order = torch.sort(draw, stable=True).indices
+    ordered = draw[order]
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    first = torch.cummax(torch.where(starts, torch.arange(len(draw)), torch.zeros_like(draw)), dim=0).values
+    repeat = torch.empty_like(draw)
+    repeat[order] = torch.arange(len(draw)) - first
+    return draw + repeat * int(size)
+
+
 class ResumableMixin:
     """For ``DistributedSampler`` subclasses: publish the epoch to the dataset, and skip ahead once.
 

@@ -43,7 +43,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 from cxr_lightning.data.labels import LABELS, NO_FINDING
-from cxr_lightning.data.loading import ResumableMixin
+from cxr_lightning.data.loading import ResumableMixin, tag_repeats
 
 __all__ = ["rare_finding_weights", "RareFindingSampler"]
 
@@ -181,7 +181,9 @@ class RareFindingSampler(ResumableMixin, DistributedSampler):
         return torch.multinomial(self.weights, self.total_size, self.replacement, generator=generator)
 
     def __iter__(self) -> Iterator[int]:
-        shard = self.global_indices()[self.rank : self.total_size : self.num_replicas].tolist()
+        # Repeats are tagged (see tag_repeats): the dataset reads index % N and seeds each draw apart.
+        tagged = tag_repeats(self.global_indices(), len(self.weights))
+        shard = tagged[self.rank : self.total_size : self.num_replicas].tolist()
         start, self._skip = self._skip, 0
         return iter(shard[start:])
 

@@ -100,6 +100,16 @@ class CXRClassifier(L.LightningModule):
         self.backbone = backbone
         self.head = MetadataFusionHead(backbone.out_features, h.metadata_dim, h.num_labels, h.metadata_hidden, h.head_dropout)
 
+    def _apply(self, fn, recurse: bool = True):
+        # Thresholds move with the model but stay float32 under bf16-true/16-true: a threshold
+        # rounded to bf16 no longer maximises F1 on validation.
+        thresholds = self._buffers.get("thresholds")
+        super()._apply(fn, recurse)
+        moved = self._buffers.get("thresholds")
+        if thresholds is not None and moved is not None and moved.dtype != thresholds.dtype:
+            self._buffers["thresholds"] = thresholds.to(device=moved.device)
+        return self
+
     def configure_model(self) -> None:
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
@@ -242,7 +252,10 @@ class CXRClassifier(L.LightningModule):
             return optimizer
         if h.scheduler == "plateau":
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=h.plateau_factor, patience=h.plateau_patience)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss", "interval": "epoch"}}
+            # Stepped only in epochs that validate, on that validation's loss (not on a stale one).
+            every = (self._trainer.check_val_every_n_epoch or 1) if self._trainer is not None else 1
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss", "interval": "epoch", "frequency": int(every)}}  # fmt: skip
         if h.scheduler == "warmup_linear":
             total = max(int(self.trainer.estimated_stepping_batches), 1)
             warmup = max(int(round(h.warmup_fraction * total)), 1)

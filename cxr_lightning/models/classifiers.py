@@ -16,11 +16,12 @@ class BaselineCNN(CXRClassifier):
     Args:
         channels: output channels of the five conv blocks.
         in_channels: image channels (3: grey replicated, as the paper; 1 for grey input).
+        head_dropout: dropout on the pooled features (the paper's CNN: 0.4).
     """
 
-    def __init__(self, channels: Sequence[int] = (32, 64, 128, 256, 512), in_channels: int = 3, **kwargs: Any):
-        kwargs.setdefault("head_dropout", 0.4)
-        super().__init__(**kwargs)
+    def __init__(self, channels: Sequence[int] = (32, 64, 128, 256, 512), in_channels: int = 3, head_dropout: float = 0.4, **kwargs: Any):
+        # head_dropout is in this signature (not a setdefault) so LightningCLI sees the CNN's 0.4.
+        super().__init__(head_dropout=head_dropout, **kwargs)
         from cxr_lightning.models.cnn import CNNBackbone
 
         self.attach_backbone(CNNBackbone(channels=tuple(channels), in_channels=in_channels))

@@ -32,7 +32,12 @@ class MetadataFusionHead(nn.Module):
         self.classifier = nn.Linear(in_features + width, num_labels)
 
     def forward(self, features: torch.Tensor, metadata: torch.Tensor) -> torch.Tensor:
-        features = self.dropout(features)
-        if self.metadata_dim:
-            features = torch.cat([features, self.metadata_mlp(metadata.to(features.dtype))], dim=1)
-        return self.classifier(features)
+        # The head runs in its parameters' dtype even under bf16/16 autocast: bf16 logits (8 bits
+        # of mantissa) tie many probabilities, which blurs AUROC and the threshold search, and
+        # this layer costs nothing next to the backbone.
+        dtype = self.classifier.weight.dtype
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            features = self.dropout(features.to(dtype))
+            if self.metadata_dim:
+                features = torch.cat([features, self.metadata_mlp(metadata.to(dtype))], dim=1)
+            return self.classifier(features)
