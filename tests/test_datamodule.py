@@ -178,6 +178,27 @@ def test_the_cache_path_gives_the_png_paths_batches(real_sample_root):
         assert (batch_a["image"] - batch_b["image"][order]).abs().max() <= 1 / 255 / 0.224 + 1e-4
 
 
+def test_a_png_replaced_after_caching_is_not_read_stale_from_the_cache(real_sample_root):
+    import os
+    import shutil
+
+    from cxr_lightning.cli import main
+
+    assert main(["data", "prepare", "--root", str(real_sample_root), "--size", "64", "--workers", "0", "--no-progress"]) == 0
+    images = sorted((real_sample_root / "images").glob("*.png"))
+    images[0].unlink()  # deleting a source after caching is fine: the cache is what is read
+    assert sample_module(real_sample_root).image_cache() is not None
+    shutil.copyfile(images[2], images[1])  # replacing one is not: its cached pixels are stale
+    os.utime(images[1], ns=(1, 1))
+    with pytest.warns(UserWarning, match=rf"1 images changed since the cache .* \['{images[1].name}'\].* data prepare"):
+        assert sample_module(real_sample_root).image_cache() is None  # auto: the PNGs are decoded instead
+    with pytest.raises(FileNotFoundError, match="1 images changed since the cache"):
+        sample_module(real_sample_root, image_cache="required").image_cache()
+    # data prepare re-decodes the replaced image (the deleted one is now recorded as bad)
+    assert main(["data", "prepare", "--root", str(real_sample_root), "--size", "64", "--workers", "0", "--no-progress", "--skip-bad"]) == 0
+    assert sample_module(real_sample_root, image_cache="required").image_cache() is not None
+
+
 def test_required_cache_that_is_missing_says_how_to_build_it(real_sample_root):
     with pytest.raises(FileNotFoundError, match=r"cxr-lightning data prepare --root .* --size 64"):
         sample_module(real_sample_root, image_cache="required").dataset("val")

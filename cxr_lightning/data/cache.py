@@ -629,8 +629,11 @@ class ImageCache:
             )
         return out
 
-    def changed_sources(self, root: str | Path) -> list[str]:
-        """Names whose source file now differs (size, mtime or existence) from when it was cached."""
+    def changed_sources(self, root: str | Path, ignore_missing: bool = False) -> list[str]:
+        """Names whose source file now differs (size, mtime or existence) from when it was cached.
+
+        ``ignore_missing``: a source file deleted since (to save disk once cached) is not a change.
+        """
         from cxr_lightning.data.dataset import index_images
 
         index = _read_index(self.path) or {}
@@ -642,6 +645,8 @@ class ImageCache:
         recorded = np.stack([np.asarray(size, dtype=np.int64), np.asarray(mtime, dtype=np.int64)], axis=1)
         now = _source_stats([str(located[n]) if n in located else None for n in names])
         good = np.asarray([n not in self.bad for n in names], dtype=bool)
+        if ignore_missing:
+            good &= now[:, 0] >= 0
         return [names[i] for i in np.flatnonzero(good & (now != recorded).any(axis=1))]
 
 

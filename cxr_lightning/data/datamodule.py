@@ -261,6 +261,17 @@ class ChestXrayDataModule(L.LightningDataModule):
                     f"no complete {h.image_size}x{h.image_size} image cache under {h.cache_dir or default_cache_dir(self.data_root, h.image_size)};"
                     f" build it with: cxr-lightning data prepare --root {self.data_root} --size {h.image_size}"
                 )
+            if self._cache is not None:
+                # PNGs replaced after the cache was built (size or mtime differ) would train on stale
+                # pixels; deleted ones are fine (the cache is what is read).
+                changed = self._cache.changed_sources(self.data_root, ignore_missing=True)
+                if changed:
+                    message = (f"{len(changed):,} images changed since the cache {self._cache.path} was built (e.g. {changed[:3]}); "
+                               f"update it with: cxr-lightning data prepare --root {self.data_root} --size {h.image_size}")  # fmt: skip
+                    if h.image_cache == "required":
+                        raise DataNotFoundError(message)
+                    rank_zero_warn(f"[data] {message}. Decoding the PNGs meanwhile.")
+                    self._cache = None
         return self._cache
 
     def dataset(self, part: str) -> ChestXrayDataset | CachedChestXrayDataset:
