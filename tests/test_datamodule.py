@@ -202,3 +202,31 @@ def test_a_png_replaced_after_caching_is_not_read_stale_from_the_cache(real_samp
 def test_required_cache_that_is_missing_says_how_to_build_it(real_sample_root):
     with pytest.raises(FileNotFoundError, match=r"cxr-lightning data prepare --root .* --size 64"):
         sample_module(real_sample_root, image_cache="required").dataset("val")
+
+
+def test_with_skip_the_weights_and_age_scaling_come_from_the_images_trained_on(synthetic_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "nih"
+    shutil.copytree(synthetic_root, root)
+    options = dict(split="official", val_fraction=0.25, seed=0, image_size=32, num_workers=0, class_weights="linear")
+    full = ChestXrayDataModule(data_root=root, **options)
+    train_names = full._tables()[0].frame["image"].to_numpy()[full._tables()[1].train]
+    for name in train_names[::2]:  # half the training images were never downloaded
+        (root / "images" / name).unlink()
+    skip = ChestXrayDataModule(data_root=root, on_bad_image="skip", **options)
+    meta, split = skip._tables()
+    used = split.train[np.isin(meta.frame["image"].to_numpy()[split.train], train_names[1::2])]
+    labels = meta.label_matrix(tuple(skip.label_names))[used]
+    assert skip.train_label_counts == labels.sum(axis=0).astype(int).tolist()
+    from cxr_lightning.data.encoding import positive_class_weights
+
+    expected = positive_class_weights(labels.sum(axis=0), len(used), "linear", tuple(skip.label_names))
+    assert skip.pos_weight == pytest.approx(expected.tolist()) and skip.pos_weight != pytest.approx(full.pos_weight)
+    skip.setup("fit")
+    assert len(skip.dataset("train")) == len(used) and sorted(skip.skipped_missing["train"]) == sorted(train_names[::2])
+    ages = meta.frame["age"].to_numpy()[used]
+    assert skip.encoder.age_mean == pytest.approx(np.nanmean(ages))
+    # The default policy needs no image for its weights: every train row counts.
+    error = ChestXrayDataModule(data_root=root, **options)
+    assert error.train_label_counts == meta.label_matrix(tuple(error.label_names))[split.train].sum(axis=0).astype(int).tolist()

@@ -156,6 +156,8 @@ class ChestXrayDataModule(L.LightningDataModule):
         self._datasets: dict[str, ChestXrayDataset] = {}
         self.skipped_missing: dict[str, list[str]] = {}
         self._located: dict[str, Path] | None = None
+        self._readable: dict[str, tuple[np.ndarray, ImageCache | None]] = {}
+        self._encoder_fitted = False
         self._cache: ImageCache | None | bool = False  # False: not looked for yet
         # Used only for cached uint8 batches, on whatever device they land.
         self.batch_normalize = BatchNormalize(image_channels, normalization)
@@ -176,16 +178,34 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     @property
     def train_label_counts(self) -> list[int]:
-        meta, split = self._tables()
-        return meta.label_matrix(tuple(self.label_names))[split.train].sum(axis=0).astype(int).tolist()
+        meta, _ = self._tables()
+        return meta.label_matrix(tuple(self.label_names))[self._fit_rows()].sum(axis=0).astype(int).tolist()
 
     @property
     def pos_weight(self) -> list[float] | None:
-        _, split = self._tables()
         weights = positive_class_weights(
-            np.asarray(self.train_label_counts), len(split.train), self.hparams.class_weights, tuple(self.label_names)
+            np.asarray(self.train_label_counts), len(self._fit_rows()), self.hparams.class_weights, tuple(self.label_names)
         )
         return None if weights is None else weights.tolist()
+
+    def _fit_rows(self) -> np.ndarray:
+        """Train rows the class weights and the age normalisation come from: the images trained on.
+
+        With ``on_bad_image: skip`` that leaves out train images that are missing (a partial
+        download); otherwise every train row (a missing image is an error at setup), which needs
+        no image at all, so the weights are known before any download.
+        """
+        _, split = self._tables()
+        if self.hparams.on_bad_image == "skip" and (self.synthetic is not None or has_images(self.data_root)):
+            return self._readable_rows("train")[0]
+        return split.train
+
+    def _fitted_encoder(self) -> MetadataEncoder:
+        if not self._encoder_fitted:
+            meta, _ = self._tables()
+            self.encoder.fit(meta.frame.iloc[self._fit_rows()])
+            self._encoder_fitted = True
+        return self.encoder
 
     @property
     def normalization_stats(self) -> tuple[list[float], list[float]]:
@@ -193,7 +213,7 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     # ----- metadata and split -----
     def _tables(self) -> tuple[NIHMetadata, Split]:
-        """Read the metadata, build the split and fit the encoder once (cheap: about 2 s for NIH)."""
+        """Read the metadata and build the split once (cheap: about 2 s for NIH)."""
         if self._meta is None:
             self._ensure_synthetic()
             h = self.hparams
@@ -209,7 +229,6 @@ class ChestXrayDataModule(L.LightningDataModule):
                 fractions=tuple(h.fractions),
                 stratify=h.stratify,
             )
-            self.encoder.fit(meta.frame.iloc[split.train])
             self._meta, self._split = meta, split
             counts = ", ".join(f"{p} {len(split.part(p)):,}" for p in PARTS)
             rank_zero_info(f"[data] {csv} | split {split.name}: {counts} images")
@@ -274,13 +293,18 @@ class ChestXrayDataModule(L.LightningDataModule):
                     self._cache = None
         return self._cache
 
-    def dataset(self, part: str) -> ChestXrayDataset | CachedChestXrayDataset:
-        """The dataset of one split part, with augmentation on ``train`` only."""
+    def _readable_rows(self, part: str) -> tuple[np.ndarray, ImageCache | None]:
+        """The part's rows whose images will be read, and the cache they come from (None: the PNGs).
+
+        Missing images raise (``on_bad_image: error``) or are left out, named and counted
+        (``skip``); rows keep their labels and metadata, nothing shifts to another image. Once per part.
+        """
+        if part in self._readable:
+            return self._readable[part]
         meta, split = self._tables()
         rows = split.part(part)
         names = meta.frame["image"].to_numpy()[rows]
         h = self.hparams
-        augmentation = Augmentation(h.rotation_degrees, h.brightness, h.contrast) if (part == "train" and h.augment) else None
         cache = self.image_cache()
         if cache is not None:
             absent = cache.missing(names)
@@ -288,34 +312,43 @@ class ChestXrayDataModule(L.LightningDataModule):
                 if absent:
                     rank_zero_warn(f"[data] skipping {len(absent):,} {part} images the cache lacks or marks bad, e.g. {list(absent)[:5]}")
                     self.skipped_missing[part] = list(absent)
-                    keep = ~np.isin(names, absent)
-                    rows, names = rows[keep], names[keep]
-                rank_zero_info(f"[data] {part}: {len(names):,} images from the cache {cache.path}")
-                return CachedChestXrayDataset(cache, names, labels=meta.label_matrix(tuple(self.label_names))[rows],
-                                              metadata=self.encoder.encode(meta.frame.iloc[rows]), seed=h.seed,
-                                              augmentation=augmentation)  # fmt: skip
+                    rows = rows[~np.isin(names, absent)]
+                rank_zero_info(f"[data] {part}: {len(rows):,} images from the cache {cache.path}")
+                self._readable[part] = (rows, cache)
+                return self._readable[part]
             rank_zero_warn(f"[data] the image cache lacks {len(absent):,} {part} images (e.g. {list(absent)[:3]}): decoding the PNGs")
         if self._located is None:  # one directory listing for every part
             self._located = index_images(self.data_root)
-        located = self._located
-        present = np.array([n in located for n in names], dtype=bool)
+        present = np.array([n in self._located for n in names], dtype=bool)
         missing = names[~present].tolist()
-        if missing and (self.hparams.on_bad_image == "error" or not present.any()):
+        if missing and (h.on_bad_image == "error" or not present.any()):
             raise DataNotFoundError(
                 f"{len(missing):,} of {len(names):,} {part} images are missing under {self.data_root.resolve()}/images "
                 f"(e.g. {missing[:3]}).\n" + DOWNLOAD_HINT.format(root=self.data_root)
             )
         if missing:
-            # Rows go together with their labels and metadata: nothing shifts to another image.
             rank_zero_warn(f"[data] skipping {len(missing):,} missing {part} images (on_bad_image=skip), e.g. {missing[:5]}")
             self.skipped_missing[part] = missing
-            rows, names = rows[present], names[present]
-        transform = ImageTransform(h.image_size, h.image_channels, h.normalization, augmentation)
+            rows = rows[present]
+        self._readable[part] = (rows, None)
+        return self._readable[part]
+
+    def dataset(self, part: str) -> ChestXrayDataset | CachedChestXrayDataset:
+        """The dataset of one split part, with augmentation on ``train`` only."""
+        meta, _ = self._tables()
+        rows, cache = self._readable_rows(part)
+        names = meta.frame["image"].to_numpy()[rows]
+        h = self.hparams
+        augmentation = Augmentation(h.rotation_degrees, h.brightness, h.contrast) if (part == "train" and h.augment) else None
+        labels = meta.label_matrix(tuple(self.label_names))[rows]
+        metadata = self._fitted_encoder().encode(meta.frame.iloc[rows])
+        if cache is not None:
+            return CachedChestXrayDataset(cache, names, labels=labels, metadata=metadata, seed=h.seed, augmentation=augmentation)
         return ChestXrayDataset(
-            paths=[located[n] for n in names],
-            labels=meta.label_matrix(tuple(self.label_names))[rows],
-            metadata=self.encoder.encode(meta.frame.iloc[rows]),
-            transform=transform,
+            paths=[self._located[n] for n in names],
+            labels=labels,
+            metadata=metadata,
+            transform=ImageTransform(h.image_size, h.image_channels, h.normalization, augmentation),
             seed=h.seed,
             skip_bad_images=h.on_bad_image == "skip",
         )
@@ -373,11 +406,10 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict:
         """What a checkpoint needs to encode new inputs like the training data."""
-        self._tables()  # fits the metadata encoder
         mean, std = self.normalization_stats
         return {
             "label_names": self.label_names,
-            "metadata_encoder": self.encoder.state(),
+            "metadata_encoder": self._fitted_encoder().state(),
             "image_size": self.hparams.image_size,
             "image_channels": self.hparams.image_channels,
             "normalization": {"name": self.hparams.normalization, "mean": mean, "std": std},
