@@ -30,29 +30,41 @@ PIPELINE_MODELS = ("cnn", "resnet50", "beit_base")  # the stem row needs a 1024 
 
 
 class StepTimer:
-    """Images/s of training steps after ``warmup`` steps (a Lightning callback)."""
+    """Images/s of the training steps after ``warmup`` steps (a Lightning callback).
 
-    def __init__(self, warmup: int):
+    The clock stops at the end of the last step (after a device sync), so Lightning's teardown
+    and the DataLoader workers' shutdown are not counted.
+    """
+
+    def __init__(self, warmup: int, last_step: int):
         import lightning as L
+
+        def sync() -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
 
         class _Timer(L.Callback):
             def on_train_batch_start(inner, trainer, pl_module, batch, batch_idx):
-                if trainer.global_step == warmup:
-                    if torch.cuda.is_available():
-                        torch.cuda.synchronize()
+                if trainer.global_step == warmup and self.start is None:
+                    sync()
                     self.start, self.images = time.perf_counter(), 0
 
             def on_train_batch_end(inner, trainer, pl_module, outputs, batch, batch_idx):
-                if trainer.global_step > warmup:
+                if self.start is not None and self.end is None:
                     self.images += len(batch["labels"])
+                    if trainer.global_step >= last_step:
+                        sync()
+                        self.end = time.perf_counter()
 
         self.callback = _Timer()
-        self.start, self.images = None, 0
+        self.start: float | None = None
+        self.end: float | None = None
+        self.images = 0
 
     def rate(self) -> float:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        return self.images / (time.perf_counter() - self.start)
+        if self.start is None or self.end is None:
+            raise RuntimeError("the timed steps did not all run")
+        return self.images / (self.end - self.start)
 
 
 class _Repeat(torch.utils.data.IterableDataset):
@@ -94,8 +106,10 @@ def pipeline_rates(name: str, root: Path, args: argparse.Namespace) -> dict[str,
     for source in ("pipeline", "on-device"):
         torch.manual_seed(0)
         model, _, _ = build(name, args.image_size, metadata_dim=dm.metadata_dim, channels_last=args.channels_last, compile=args.compile)
-        timer = StepTimer(args.warmup)
-        trainer = L.Trainer(accelerator=args.device.split(":")[0], devices=1, precision=PRECISION[args.precision],
+        timer = StepTimer(args.warmup, args.warmup + args.steps)
+        device = torch.device(args.device)
+        devices = [device.index or 0] if device.type == "cuda" else 1  # the GPU named by --device (cuda:1), not GPU 0
+        trainer = L.Trainer(accelerator=device.type, devices=devices, precision=PRECISION[args.precision],
                             max_steps=args.warmup + args.steps, limit_val_batches=0, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, callbacks=[timer.callback])  # fmt: skip
         if args.device.startswith("cuda"):

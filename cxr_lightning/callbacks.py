@@ -92,7 +92,7 @@ class TestOutputWriter(L.Callback):
         if self.roc_figure:
             from cxr_lightning.plots import plot_roc_curves
 
-            figure = plot_roc_curves(epoch.probs.numpy(), epoch.targets.numpy(), names, out / "roc_curves.png")
+            figure = plot_roc_curves(epoch.probs.cpu().numpy(), epoch.targets.cpu().numpy(), names, out / "roc_curves.png")
         rank_zero_info(f"[test] wrote metrics.json, per_label.csv, test_predictions.csv to {out}")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
@@ -135,8 +135,8 @@ def write_predictions(path: Path, image_names: list[str], epoch, label_names: li
     can cross a tuned threshold and the report, recomputing from this file, would disagree with
     ``metrics.json``.
     """
-    predictions = pd.DataFrame(epoch.probs.numpy(), columns=[f"prob_{n}" for n in label_names])
-    labels = pd.DataFrame(epoch.targets.numpy().astype(np.int8), columns=[f"label_{n}" for n in label_names])
+    predictions = pd.DataFrame(epoch.probs.cpu().numpy(), columns=[f"prob_{n}" for n in label_names])
+    labels = pd.DataFrame(epoch.targets.cpu().numpy().astype(np.int8), columns=[f"label_{n}" for n in label_names])
     pd.concat([pd.DataFrame({"image": image_names}), predictions, labels], axis=1).to_csv(path, index=False, float_format="%.9g")
 
 

@@ -144,14 +144,16 @@ class PredictionCollector(Metric):
         # the same image, so their predictions agree up to kernel nondeterminism).
         positions = torch.arange(indices.numel(), device=indices.device)
         first = torch.full_like(unique, indices.numel()).scatter_reduce_(0, inverse, positions, reduce="amin")
-        return EpochPredictions(probs[first], targets[first], unique)
+        # On the CPU for every consumer (thresholds, metrics, CSVs, plots): the states sit on the
+        # model's device, and numpy() of a CUDA tensor fails.
+        return EpochPredictions(probs[first].cpu(), targets[first].cpu(), unique.cpu())
 
     def _empty(self) -> EpochPredictions:
         width = self.num_labels or 0
         return EpochPredictions(
-            torch.empty(0, width, dtype=torch.float32, device=self.device),
-            torch.empty(0, width, dtype=torch.int64, device=self.device),
-            torch.empty(0, dtype=torch.int64, device=self.device),
+            torch.empty(0, width, dtype=torch.float32),
+            torch.empty(0, width, dtype=torch.int64),
+            torch.empty(0, dtype=torch.int64),
         )
 
 

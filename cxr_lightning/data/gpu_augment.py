@@ -61,10 +61,20 @@ class BatchNormalize(nn.Module):
         if images.ndim != 4 or images.shape[1] != 1:
             raise ValueError(f"expected a (B, 1, S, S) batch, got shape {tuple(images.shape)}")
 
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The DataModule that owns this is not an nn.Module, so the buffers stay on the CPU; copying
+        # them to the GPU every batch would be a blocking transfer per step. One copy per device.
+        if self.mean.device == like.device and self.mean.dtype == like.dtype:
+            return self.mean, self.std
+        key = (like.device, like.dtype)
+        cache = self.__dict__.setdefault("_stats_on_device", {})
+        if key not in cache:
+            cache[key] = (self.mean.to(device=like.device, dtype=like.dtype), self.std.to(device=like.device, dtype=like.dtype))
+        return cache[key]
+
     def normalize(self, grey: torch.Tensor) -> torch.Tensor:
         """Float ``(B, 1, S, S)`` in [0, 1] -> ``(B, C, S, S)`` normalised."""
-        mean = self.mean.to(device=grey.device, dtype=grey.dtype)
-        std = self.std.to(device=grey.device, dtype=grey.dtype)
+        mean, std = self._stats(grey)
         return (grey.expand(-1, self.channels, -1, -1) - mean) / std
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

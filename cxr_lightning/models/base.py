@@ -23,6 +23,7 @@ from cxr_lightning.models.fusion import MetadataFusionHead
 
 MODEL_CLASS_KEY = "model_class_path"
 RNG_STATE_KEY = "torch_rng_state"
+CUDA_RNG_STATE_KEY = "torch_cuda_rng_state"
 SchedulerName = Literal["none", "plateau", "warmup_linear"]
 
 
@@ -93,6 +94,7 @@ class CXRClassifier(L.LightningModule):
         self._skipped: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         self.skipped_images: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         self._pending_rng_state: torch.Tensor | None = None
+        self._pending_cuda_rng_state: torch.Tensor | None = None
 
     def attach_backbone(self, backbone: nn.Module) -> None:
         """Install the image backbone and a fusion head sized for it."""
@@ -131,6 +133,10 @@ class CXRClassifier(L.LightningModule):
         # Which class to rebuild: the checkpoint alone must be enough to predict.
         checkpoint[MODEL_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint[RNG_STATE_KEY] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            # Dropout and BEiT's drop-path draw from the device's generator on a GPU. Every rank's
+            # generator is seeded alike and advances alike, so rank 0's state serves them all.
+            checkpoint[CUDA_RNG_STATE_KEY] = torch.cuda.get_rng_state(self.device)
 
     # ----- steps -----
     def model_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,16 +190,23 @@ class CXRClassifier(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         self._report_skipped("train")
 
-    # Dropout draws from the global RNG, which Lightning does not checkpoint: save it, and
-    # restore it right before the first resumed batch, so a resumed run equals an uninterrupted one.
+    # Dropout draws from the global RNG (the CUDA generator on a GPU), which Lightning does not
+    # checkpoint: save both, and restore them right before the first resumed batch, so a resumed
+    # run draws the same dropout masks as an uninterrupted one.
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._pending_rng_state is not None:
             torch.set_rng_state(self._pending_rng_state)
             self._pending_rng_state = None
+        if self._pending_cuda_rng_state is not None:
+            if self.device.type == "cuda":
+                torch.cuda.set_rng_state(self._pending_cuda_rng_state, self.device)
+            self._pending_cuda_rng_state = None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(RNG_STATE_KEY)
         self._pending_rng_state = state if isinstance(state, torch.Tensor) else None
+        cuda_state = checkpoint.get(CUDA_RNG_STATE_KEY)
+        self._pending_cuda_rng_state = cuda_state.cpu() if isinstance(cuda_state, torch.Tensor) else None
         # validate/test of a checkpoint do not restore the trainer's epoch: outputs name this one.
         self.checkpoint_epoch = checkpoint.get("epoch")
 
