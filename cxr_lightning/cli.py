@@ -83,7 +83,7 @@ def main(args: list[str] | None = None) -> int:
               "  cxr-lightning fit|validate|test|predict --config NAME.yaml   (LightningCLI, below)\n"
               "  cxr-lightning data stats|split|synth|download|prepare ...  (cxr-lightning data --help)\n"
               "  cxr-lightning report --runs runs                           (the paper's tables from the runs)\n"
-              "  cxr-lightning predict --checkpoint CKPT --images DIR|GLOB|LIST [--metadata CSV] --out preds.csv\n"
+              "  cxr-lightning predict --checkpoint CKPT --images DIR|GLOB|LIST [--metadata CSV] --out preds.csv   (predict-files --help)\n"
               "  cxr-lightning export --checkpoint CKPT --format onnx|torchscript --out model.onnx\n"
               "  cxr-lightning explain --checkpoint CKPT --images ... [--labels ...] --out DIR [--boxes BBox_List_2017.csv]\n"
               f"  shipped configs: {', '.join(shipped_config_names())}\n")  # fmt: skip

@@ -45,3 +45,15 @@ def test_synth_then_stats_on_the_synthetic_root(tmp_path, capsys):
     out = capsys.readouterr().out
     counts = [int(c.replace(",", "")) for c in out.split("| images |")[1].split("\n")[0].strip(" |").split("|")]
     assert sum(counts) == 120
+
+
+def test_the_printed_training_command_trains_on_the_synthetic_data_in_its_own_folder(tmp_path, capsys, monkeypatch):
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "synth", "--out", "synthetic", "--num-images", "120", "--image-size", "32", "--seed", "2"]) == 0
+    command = capsys.readouterr().out.splitlines()[-1].removeprefix("train with: ")
+    args = shlex.split(command)
+    assert args[:2] == ["cxr-lightning", "fit"] and "--trainer.default_root_dir=runs/synthetic" in args and "--data.image_size=32" in args
+    main(args[1:] + ["--trainer.max_epochs=1", "--data.num_workers=0", "--trainer.logger=false"])
+    assert (tmp_path / "runs" / "synthetic" / "metrics.json").is_file() and not (tmp_path / "runs" / "demo").exists()

@@ -190,9 +190,9 @@ def test_a_png_replaced_after_caching_is_not_read_stale_from_the_cache(real_samp
     assert sample_module(real_sample_root).image_cache() is not None
     shutil.copyfile(images[2], images[1])  # replacing one is not: its cached pixels are stale
     os.utime(images[1], ns=(1, 1))
-    with pytest.warns(UserWarning, match=rf"1 images changed since the cache .* \['{images[1].name}'\].* data prepare"):
+    with pytest.warns(UserWarning, match=rf"1 image\(s\) changed since the cache .* \['{images[1].name}'\].* data prepare"):
         assert sample_module(real_sample_root).image_cache() is None  # auto: the PNGs are decoded instead
-    with pytest.raises(FileNotFoundError, match="1 images changed since the cache"):
+    with pytest.raises(FileNotFoundError, match=r"1 image\(s\) changed since the cache"):
         sample_module(real_sample_root, image_cache="required").image_cache()
     # data prepare re-decodes the replaced image (the deleted one is now recorded as bad)
     assert main(["data", "prepare", "--root", str(real_sample_root), "--size", "64", "--workers", "0", "--no-progress", "--skip-bad"]) == 0

@@ -87,7 +87,9 @@ def format_synthetic_summary(summary) -> str:
     ]
     for label, count in summary.label_counts.items():
         lines.append(f"{label:<20} {count:>9,} {summary.test_label_counts.get(label, 0):>8,}")
-    lines.append(f"train with: cxr-lightning fit --config demo.yaml --data.data_root={summary.out}")
+    run_dir = Path("runs") / Path(summary.out).name  # its own run folder: never over the demo's runs/demo
+    lines.append(f"train with: cxr-lightning fit --config demo.yaml --data.data_root={summary.out} "
+                 f"--data.image_size={summary.image_size} --trainer.default_root_dir={run_dir}")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -285,7 +285,7 @@ class ChestXrayDataModule(L.LightningDataModule):
                 # pixels; deleted ones are fine (the cache is what is read).
                 changed = self._cache.changed_sources(self.data_root, ignore_missing=True)
                 if changed:
-                    message = (f"{len(changed):,} images changed since the cache {self._cache.path} was built (e.g. {changed[:3]}); "
+                    message = (f"{len(changed):,} image(s) changed since the cache {self._cache.path} was built (e.g. {changed[:3]}); "
                                f"update it with: cxr-lightning data prepare --root {self.data_root} --size {h.image_size}")  # fmt: skip
                     if h.image_cache == "required":
                         raise DataNotFoundError(message)
