@@ -90,6 +90,12 @@ def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") 
     return model, spec
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary file beside it, flushes it to disk, then renames it.
 
@@ -109,6 +115,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, file)
                 file.flush()
                 os.fsync(file.fileno())
+            # mkstemp creates 0600; give the file the permissions a plain open() would (umask).
+            os.chmod(temporary, 0o666 & ~_umask())
             os.replace(temporary, path)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)

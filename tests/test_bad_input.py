@@ -83,3 +83,18 @@ def test_non_square_and_16_bit_images_are_resized(tmp_path, synthetic_root):
     for name in names[:2]:
         image = dataset[paths.index(name)]["image"]
         assert image.shape == (3, 32, 32) and torch.isfinite(image).all()
+
+
+def test_an_all_skipped_batch_skips_the_step_alone_and_adds_zero_gradients_under_ddp():
+    from types import SimpleNamespace
+
+    model = BaselineCNN(channels=(8, 8, 8, 8, 8))
+    empty = {"labels": torch.empty(0), "name": [], "index": torch.empty(0, dtype=torch.long), "skipped": ["bad.png"]}
+    model._trainer = SimpleNamespace(world_size=1)
+    assert model.training_step(empty, 0) is None
+    model._trainer = SimpleNamespace(world_size=2)  # Lightning refuses a skipped step under DDP
+    loss = model.training_step(empty, 0)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters() if p.requires_grad)
+    assert model._skipped["train"] == ["bad.png", "bad.png"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import lightning as L
 import pytest
 import torch
@@ -59,7 +62,12 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path, mon
 
     io = AtomicCheckpointIO()
     path = tmp_path / "checkpoints" / "last.ckpt"
-    io.save_checkpoint({"step": 1, "weights": torch.ones(3)}, path)
+    previous = os.umask(0o022)
+    try:
+        io.save_checkpoint({"step": 1, "weights": torch.ones(3)}, path)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # as a plain open() makes it, not mkstemp's 0600
     real_save = torch.save
 
     def dying_save(obj, file, *args, **kwargs):

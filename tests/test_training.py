@@ -413,3 +413,26 @@ def test_after_fit_the_best_validation_is_not_logged_and_outputs_name_the_weight
     for name in ("metrics.json", "thresholds.json"):
         record = json.loads((run / name).read_text())
         assert record["epoch"] == 1 and record["checkpoint"] is None  # the in-memory weights of the last epoch
+
+
+@pytest.mark.slow
+def test_ddp_with_many_unreadable_images_neither_fails_nor_hangs(synthetic_root, tmp_path):
+    """A rank whose batches are all unreadable still takes part in every reduction; skips are counted once."""
+    import shutil
+
+    root = tmp_path / "nih"
+    shutil.copytree(synthetic_root, root)
+    images = sorted((root / "images").glob("*.png"))
+    for path in images[::2]:
+        path.write_bytes(b"not a png")
+    corrupt = {p.name for p in images[::2]}
+    test_names = set((root / "test_list.txt").read_text().split())
+    run = tmp_path / "run"
+    args = [*cli_args(root, run, "--test_after_fit=true"), "--data.batch_size=2", "--data.eval_batch_size=2",
+            "--data.on_bad_image=skip", "--trainer.devices=2", "--trainer.strategy=ddp"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([sys.executable, "-m", "cxr_lightning", "fit", *args], env=env, timeout=300, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_images"] == len(test_names - corrupt)
+    assert f"[test]: {len(test_names & corrupt)} unreadable images skipped" in done.stderr

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
@@ -156,34 +157,51 @@ class CXRClassifier(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor | None:
         if not self._usable(batch, "train"):
-            return None  # every image of this batch was unreadable and skipped
+            # Every image of this batch was unreadable and skipped. One process skips the step;
+            # under DDP (where Lightning refuses a skipped step) this rank adds zero gradients to
+            # every parameter, so the ranks' gradient reductions still match.
+            if self.trainer.world_size > 1:
+                return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            return None
         loss, _ = self.model_step(batch)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        if not self._usable(batch, "val"):
-            return
-        loss, logits = self.model_step(batch)
-        # sync_dist: the epoch's val/loss is the mean over every rank (it drives the scheduler).
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(batch["labels"]))
-        self.val_predictions.update(torch.sigmoid(logits.float()), batch["labels"], batch["index"])
+        self._evaluation_step(batch, "val", self.val_predictions)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        if not self._usable(batch, "test"):
-            return
-        loss, logits = self.model_step(batch)
-        self.log("test/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(batch["labels"]))
-        self.test_predictions.update(torch.sigmoid(logits.float()), batch["labels"], batch["index"])
+        self._evaluation_step(batch, "test", self.test_predictions)
+
+    def _evaluation_step(self, batch: dict, stage: str, collector: PredictionCollector) -> None:
+        if self._usable(batch, stage):
+            loss, logits = self.model_step(batch)
+            probs, labels, index, size = torch.sigmoid(logits.float()), batch["labels"], batch["index"], len(batch["labels"])
+        else:
+            # Every image of this batch was unreadable and skipped. This rank still logs and
+            # collects (nothing, with weight 0): under DDP a rank whose batches were all skipped
+            # would otherwise miss the epoch-end reductions the other ranks wait in.
+            width = self.hparams.num_labels
+            loss, size = torch.zeros((), device=self.device), 0
+            probs, labels = torch.empty(0, width, device=self.device), torch.empty(0, width, device=self.device)
+            index = torch.empty(0, dtype=torch.long, device=self.device)
+        # sync_dist: the epoch's loss is the mean over every rank (val/loss drives the scheduler).
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=stage == "val", sync_dist=True, batch_size=size)
+        collector.update(probs, labels, index)
 
     def _report_skipped(self, stage: str) -> None:
         names = self._skipped[stage]
-        count = torch.tensor(float(len(names)), device=self.device)
-        if self.trainer.world_size > 1:
-            count = self.trainer.strategy.reduce(count, reduce_op="sum")
-        if count.item():
-            self.log(f"{stage}/skipped_images", count.item(), rank_zero_only=True)
-            rank_zero_warn(f"[{stage}] epoch {self.current_epoch}: {int(count.item())} unreadable images skipped, e.g. {names[:5]}")
+        distinct = set(names)
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Distinct names over all ranks: the distributed sampler's padding (and oversampling)
+            # can hand one unreadable image to two ranks or twice to one.
+            gathered: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, sorted(distinct))
+            distinct = {name for part in gathered for name in part}
+        if distinct:
+            self.log(f"{stage}/skipped_images", float(len(distinct)), rank_zero_only=True)
+            where = f" epoch {self.current_epoch}" if self.trainer.state.fn == TrainerFn.FITTING else ""
+            rank_zero_warn(f"[{stage}]{where}: {len(distinct)} unreadable images skipped, e.g. {sorted(distinct)[:5]}")
         self.skipped_images[stage] += names
         self._skipped[stage] = []
 
