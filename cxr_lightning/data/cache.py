@@ -629,10 +629,11 @@ class ImageCache:
             )
         return out
 
-    def changed_sources(self, root: str | Path, ignore_missing: bool = False) -> list[str]:
+    def changed_sources(self, root: str | Path, ignore_missing: bool = False, located: Mapping[str, Path] | None = None) -> list[str]:
         """Names whose source file now differs (size, mtime or existence) from when it was cached.
 
         ``ignore_missing``: a source file deleted since (to save disk once cached) is not a change.
+        ``located``: ``index_images(root)`` if the caller already has it (one directory listing).
         """
         from cxr_lightning.data.dataset import index_images
 
@@ -640,7 +641,7 @@ class ImageCache:
         size, mtime = index.get("source_size"), index.get("source_mtime_ns")
         if size is None or mtime is None:
             return []
-        located = index_images(root)
+        located = index_images(root) if located is None else located
         names = self.names.tolist()
         recorded = np.stack([np.asarray(size, dtype=np.int64), np.asarray(mtime, dtype=np.int64)], axis=1)
         now = _source_stats([str(located[n]) if n in located else None for n in names])

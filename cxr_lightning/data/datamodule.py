@@ -283,7 +283,9 @@ class ChestXrayDataModule(L.LightningDataModule):
             if self._cache is not None:
                 # PNGs replaced after the cache was built (size or mtime differ) would train on stale
                 # pixels; deleted ones are fine (the cache is what is read).
-                changed = self._cache.changed_sources(self.data_root, ignore_missing=True)
+                if self._located is None:  # the same listing serves the PNG path if it is needed
+                    self._located = index_images(self.data_root)
+                changed = self._cache.changed_sources(self.data_root, ignore_missing=True, located=self._located)
                 if changed:
                     message = (f"{len(changed):,} image(s) changed since the cache {self._cache.path} was built (e.g. {changed[:3]}); "
                                f"update it with: cxr-lightning data prepare --root {self.data_root} --size {h.image_size}")  # fmt: skip
