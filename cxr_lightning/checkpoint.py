@@ -3,14 +3,23 @@
 A checkpoint written by ``cxr-lightning fit`` holds the model's class path and arguments
 (``hyper_parameters``), its weights and tuned thresholds (``state_dict``) and what the data
 pipeline needs to encode a new image the way training did (the DataModule's state: label names,
-metadata encoder, image size, channels and normalisation). It loads with ``weights_only=True``.
+metadata encoder, image size, channels and normalisation).
+
+A checkpoint is data, never code: it loads with ``weights_only=True`` only, the model class it
+names must be this package's (checked before any import), and the files its settings name
+(``weights_path``, a ``pretrained`` directory) are never opened.
 """
 
 from __future__ import annotations
 
+import argparse
+import copy
 import importlib
+import inspect
 import os
+import re
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +28,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from cxr_lightning.data.encoding import MetadataEncoder
 from cxr_lightning.data.transforms import ImageTransform
 from cxr_lightning.models.base import MODEL_CLASS_KEY, CXRClassifier
 from cxr_lightning.models.classifiers import BEIT_ARCHITECTURE_KEY
+from cxr_lightning.models.weights import safe_torch_load
 
 DATA_STATE_KEY = "ChestXrayDataModule"
 
@@ -42,51 +54,132 @@ class DataSpec:
         return ImageTransform(self.image_size, self.image_channels, self.normalization)
 
 
-def _model_class(path: str) -> type[CXRClassifier]:
-    module, _, name = path.rpartition(".")
-    cls = getattr(importlib.import_module(module), name)
-    if not issubclass(cls, CXRClassifier):
-        raise TypeError(f"{path} is not a cxr_lightning classifier")
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: empty, truncated, not written by cxr-lightning, or untrusted."""
+
+
+# Model classes a checkpoint may name without the user vouching for them: this package's own.
+TRUSTED_PACKAGE = "cxr_lightning"
+_CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
+# Constructor arguments that name files to read or weights to fetch. A checkpoint's own values are
+# never used for them (its state dict holds the weights): it could point at any file on the machine.
+FILE_ARGUMENTS = ("weights", "weights_path", "pretrained")
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint's contents, loaded with ``weights_only=True`` (never code), or a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found" + (" (it is a directory)" if path.is_dir() else ""))
+    checkpoint = safe_torch_load(path, what="checkpoint", error=CheckpointError, map_location=map_location)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
+    return checkpoint
+
+
+def is_trusted_class_path(class_path: str, trusted: Iterable[str] = ()) -> bool:
+    """Whether a class path may be imported: in this package, or named (class or module) in ``trusted``."""
+    module = class_path.rpartition(".")[0]
+    allowed = [TRUSTED_PACKAGE, *trusted]
+    return any(class_path == entry or module == entry or module.startswith(entry + ".") for entry in allowed)
+
+
+def model_class(class_path: Any, source: str, trusted: Iterable[str] = ()) -> type[CXRClassifier]:
+    """The classifier class a checkpoint names, checked *before* anything is imported.
+
+    Importing a module runs its code, so a class path outside this package is refused unless the
+    user lists it (or its module) in ``trusted`` (``--trust-model-class``).
+    """
+    trusted = list(trusted)
+    if not isinstance(class_path, str) or not _CLASS_PATH.match(class_path):
+        raise CheckpointError(f"{source}: the model class {class_path!r} is not a Python class path")
+    if not is_trusted_class_path(class_path, trusted):
+        raise CheckpointError(
+            f"{source}: names the model class {class_path!r}, outside {TRUSTED_PACKAGE}; it was not imported "
+            f"(importing runs its code). If you trust it, pass --trust-model-class {class_path}"
+        )
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise CheckpointError(f"{source}: its model class {class_path} cannot be imported ({err})") from err
+    if not (isinstance(cls, type) and issubclass(cls, CXRClassifier)):
+        raise CheckpointError(f"{source}: {class_path} is not a cxr_lightning classifier")
     return cls
 
 
-def offline_arguments(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """Constructor arguments that rebuild the architecture without fetching pretrained weights."""
-    args = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
-    if "weights" in args:  # ResNet-50: the checkpoint's state dict replaces ImageNet weights
-        args.update(weights=None, weights_path=None)
+def add_trust_argument(parser: argparse.ArgumentParser) -> None:
+    """``--trust-model-class``: the one way to let a checkpoint name a model class outside this package."""
+    parser.add_argument("--trust-model-class", dest="trusted_classes", action="append", default=[], metavar="CLASS",
+                        help="a model class path (or its module) outside cxr_lightning that the checkpoint may name; "
+                        "importing it runs its code, so only for code you trust (repeatable)")  # fmt: skip
+
+
+def offline_arguments(checkpoint: dict[str, Any], cls: type[CXRClassifier]) -> dict[str, Any]:
+    """Constructor arguments of ``cls`` that rebuild the architecture without reading or fetching weights.
+
+    Every argument that names a file or pretrained weights is cleared, also when the checkpoint leaves
+    it out (its default would fetch them): the state dict replaces those weights, and a checkpoint's
+    settings must never make us open a file it chose.
+    """
+    args = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not str(k).startswith("_")}
+    accepted = inspect.signature(cls.__init__).parameters
+    for key in FILE_ARGUMENTS:
+        if key in args or key in accepted:
+            args[key] = None
     if "pretrained" in args:  # BEiT: rebuild from the architecture stored at save time
         architecture = args.get("config") or checkpoint.get(BEIT_ARCHITECTURE_KEY)
-        if architecture is None:
-            raise ValueError("this BEiT checkpoint stores no architecture; load it with its pretrained weights available")
-        args.update(pretrained=None, config=architecture)
+        if not isinstance(architecture, dict):
+            raise CheckpointError("this BEiT checkpoint stores no architecture; load it with its pretrained weights available")
+        args["config"] = architecture
     return args
 
 
-def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[CXRClassifier, DataSpec]:
-    """The model (eval mode, thresholds restored) and its :class:`DataSpec`."""
+def load_classifier(
+    path: str | Path, map_location: str | torch.device = "cpu", trusted_classes: Iterable[str] = ()
+) -> tuple[CXRClassifier, DataSpec]:
+    """The model (eval mode, thresholds restored) and its :class:`DataSpec`.
+
+    Safe on a file from anywhere: loaded with ``weights_only=True``, its model class must be this
+    package's (or in ``trusted_classes``), and no file it names is opened.
+
+    Raises:
+        CheckpointError: the file is missing, empty, truncated, holds pickled objects, names an
+            untrusted class, or lacks what rebuilding the model needs. The message names the file.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    class_path = checkpoint.get(MODEL_CLASS_KEY) or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    checkpoint = read_checkpoint(path, map_location)
+    hyper_parameters = checkpoint.get("hyper_parameters") or {}
+    class_path = checkpoint.get(MODEL_CLASS_KEY) or (hyper_parameters.get("_class_path") if isinstance(hyper_parameters, dict) else None)
     if class_path is None:
-        raise ValueError(f"{path}: no model class recorded ({MODEL_CLASS_KEY}); was it written by cxr-lightning?")
-    model = _model_class(class_path)(**offline_arguments(checkpoint))
-    model.load_state_dict(checkpoint["state_dict"])
+        raise CheckpointError(f"{path}: no model class recorded ({MODEL_CLASS_KEY}); was it written by cxr-lightning fit?")
+    cls = model_class(class_path, str(path), trusted_classes)
+    if not isinstance(hyper_parameters, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: no hyper_parameters or state_dict; was it written by cxr-lightning fit?")
+    try:
+        model = cls(**offline_arguments(checkpoint, cls))
+        model.load_state_dict(checkpoint["state_dict"])
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from err
+    except (TypeError, ValueError, RuntimeError, KeyError) as err:
+        raise CheckpointError(f"{path}: its settings and weights do not rebuild {class_path} ({type(err).__name__}: "
+                              f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})") from err
     model.eval()
     data = checkpoint.get(DATA_STATE_KEY)
-    if data is None:
-        raise ValueError(f"{path}: no data pipeline state ({DATA_STATE_KEY}); it cannot prepare new images by itself")
-    spec = DataSpec(
-        label_names=list(data["label_names"]),
-        metadata_encoder=MetadataEncoder(**data["metadata_encoder"]),
-        image_size=int(data["image_size"]),
-        image_channels=int(data["image_channels"]),
-        normalization=data["normalization"]["name"],
-    )
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: no data pipeline state ({DATA_STATE_KEY}); it cannot prepare new images by itself")
+    try:
+        spec = DataSpec(
+            label_names=list(data["label_names"]),
+            metadata_encoder=MetadataEncoder(**data["metadata_encoder"]),
+            image_size=int(data["image_size"]),
+            image_channels=int(data["image_channels"]),
+            normalization=data["normalization"]["name"],
+        )
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: its data pipeline state is incomplete or malformed ({type(err).__name__}: {err})") from err
     if spec.label_names != model.label_names:
-        raise ValueError(f"{path}: model labels {model.label_names} differ from data labels {spec.label_names}")
+        raise CheckpointError(f"{path}: model labels {model.label_names} differ from data labels {spec.label_names}")
     return model, spec
 
 
@@ -134,11 +227,94 @@ class LatestCheckpoint(ModelCheckpoint):
     ``last.ckpt`` is always the newest state: what ``fit --ckpt_path last`` resumes and what
     ``predict``/``export`` of "the last model" mean. The clock (``train_time_interval``, 10 minutes
     in the CLI) bounds what a preemption mid-epoch loses.
+
+    Every ``last.ckpt`` it writes resumes exactly wherever it was taken. A step or clock save that
+    falls on an epoch's last training batch is left to the save after that epoch's validation and
+    end, in the same step: Lightning resumes a save taken on the last batch by skipping that
+    validation (its threshold tuning, best checkpoint, early stopping and plateau step) and by
+    restoring its epoch counters one step apart, which made every later save read as a finished
+    epoch (resuming one trained that epoch again). Such a checkpoint written elsewhere (an older
+    ``last.ckpt``, a user's own ``ModelCheckpoint``) has its counters mended when loaded, so later
+    saves resume exactly; the skipped validation is warned about, naming the checkpoint.
+
+    A ReduceLROnPlateau scheduler steps after every hook of an epoch's end, and Lightning never
+    replays that step on resume (nor takes it at the end of an epoch it resumed inside). So every
+    checkpoint the trainer writes after an epoch's training (``best-*.ckpt`` too) holds the
+    optimizer and scheduler as after that step, computed on a copy; and the end of an epoch resumed
+    inside takes the step Lightning leaves out. A checkpoint from an older version that lacks it
+    is warned about when loaded.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._validated_epoch: int | None = None  # the last epoch validated in this process
+        self._plateau_stepped_epoch: int | None = None  # the epoch end whose plateau step this callback took
+        self._resumed_without_plateau_step = False  # resumed from a save that lacks its epoch's step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return  # the epoch's last batch: saved after its validation and epoch end (see above)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        epoch = _end_last_batch_epoch(checkpoint)
+        if epoch is not None:
+            rank_zero_warn(
+                f"{trainer.ckpt_path} was saved on the last training batch of epoch {epoch}, before that "
+                f"epoch's validation: training resumes at epoch {epoch + 1} without that validation (no "
+                "threshold tuning, best-checkpoint, early-stopping or LR-plateau update for it), so it "
+                "can differ from an uninterrupted run; a last.ckpt saved after that validation resumes exactly"
+            )
+        elif (epoch := _plateau_step_missing(checkpoint)) is not None:
+            self._resumed_without_plateau_step = True
+            rank_zero_warn(
+                f"{trainer.ckpt_path} was saved at the end of epoch {epoch} by an older cxr-lightning or another "
+                "trainer, before that epoch's ReduceLROnPlateau step, which Lightning does not replay on resume "
+                "(the validation metric is not in the checkpoint): the learning-rate schedule can differ from an "
+                "uninterrupted run"
+            )
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        # Runs for every checkpoint the trainer writes, whichever callback triggered it.
+        if trainer.state.fn != TrainerFn.FITTING or PLATEAU_STEP_KEY in checkpoint:
+            return  # not training, or already brought past the step (a second LatestCheckpoint)
+        if not any(config.reduce_on_plateau for config in trainer.lr_scheduler_configs):
+            return
+        if not _after_epoch_training(checkpoint, trainer.num_training_batches):
+            return  # mid-epoch, or the epoch's end is over: the live state is what resuming needs
+        epoch = trainer.current_epoch
+        if self._plateau_stepped_epoch == epoch:
+            pass  # this callback took the step already: the saved state is after it
+        elif not trainer.fit_loop.restarting or self._validated_epoch == epoch:
+            # The step comes later in this epoch's end, on the validation loss it would read now:
+            # by Lightning, or (an epoch resumed inside) by on_train_epoch_end below.
+            _write_plateau_steps(trainer, checkpoint)
+        elif self._resumed_without_plateau_step:
+            return  # resumed after this epoch's validation from a save without its step: so is this one
+        # Otherwise resumed after this epoch's validation from a save that already holds its step.
+        checkpoint[PLATEAU_STEP_KEY] = epoch
+
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # In an epoch resumed inside, Lightning skips the epoch-end plateau step (it stays
+        # "restarting" until the epoch ends); this epoch's validation ran after the resume, so the
+        # step is due, with that validation's loss. Taken here, after the module's own epoch end.
+        epoch = trainer.current_epoch
+        skipped = trainer.fit_loop.restarting and self._validated_epoch == epoch and self._plateau_stepped_epoch != epoch
+        live_loop = {"loops": {"fit_loop": trainer.fit_loop.state_dict()}}
+        if skipped and _after_epoch_training(live_loop, trainer.num_training_batches):
+            for config, value in _due_plateau_steps(trainer):
+                pl_module.lr_scheduler_step(config.scheduler, value)
+            self._plateau_stepped_epoch = epoch
         super().on_train_epoch_end(trainer, pl_module)
         self._save_newest(trainer)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        # Recorded before any callback's on_validation_end saves (the best checkpoint saves there
+        # first): on_save_checkpoint reads it.
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
 
     def on_validation_end(self, trainer, pl_module) -> None:
         before = self._last_global_step_saved
@@ -158,3 +334,124 @@ class LatestCheckpoint(ModelCheckpoint):
         if already and not after_validation:
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+# The epoch whose end-of-epoch ReduceLROnPlateau step a checkpoint's optimizer and scheduler states
+# already account for (written by LatestCheckpoint.on_save_checkpoint); absent from older checkpoints.
+PLATEAU_STEP_KEY = "lr_plateau_step_epoch"
+
+
+def _end_last_batch_epoch(checkpoint: dict[str, Any]) -> int | None:
+    """Rewrite the fit-loop progress of a checkpoint saved on an epoch's last training batch as of
+    that epoch's end; the epoch, or None when the checkpoint was saved anywhere else.
+
+    Lightning (2.x) restores such a save by counting the epoch processed without counting the next
+    one started, and the next epoch then runs with ``epoch_progress.ready/started`` one behind
+    ``processed``; every checkpoint saved in it reads as "epoch finished", so resuming one trains
+    that epoch again from its first batch (more steps, other weights). As an end-of-epoch save
+    (epoch processed, last batch completed, its logging step counted) Lightning starts the next
+    epoch like an uninterrupted run. The loop state has no public API: this function is the one
+    place that changes it and it leaves any other layout alone.
+    """
+    epochs, batches, loop_state = _fit_loop_progress(checkpoint)
+    try:
+        e, b = epochs["current"], batches["current"]
+        saved_on_batch_end = b["ready"] == b["started"] == b["processed"] == b["completed"] + 1
+        epoch_running = e["ready"] == e["started"] == e["processed"] + 1 and e["completed"] == e["processed"]
+        if not (batches["is_last_batch"] and saved_on_batch_end and epoch_running and "_batches_that_stepped" in loop_state):
+            return None
+    except (KeyError, TypeError):
+        return None
+    for part in ("current", "total"):
+        epochs[part]["processed"] += 1
+        batches[part]["completed"] += 1
+    loop_state["_batches_that_stepped"] += 1
+    return int(e["completed"])
+
+
+def _fit_loop_progress(checkpoint: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """Epoch progress, batch progress and epoch-loop state of the saved fit loop (None where absent).
+
+    Lightning's private layout (2.x), read only here: there is no public API for the loop state.
+    """
+    fit_loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    return fit_loop.get("epoch_progress"), fit_loop.get("epoch_loop.batch_progress"), fit_loop.get("epoch_loop.state_dict")
+
+
+def _after_epoch_training(checkpoint: dict[str, Any], num_training_batches: float | None = None) -> bool:
+    """Whether the fit loop was saved after its epoch's last training batch (and that batch's
+    validation) but before the epoch completed: before Lightning's epoch-end ReduceLROnPlateau step.
+
+    That is after the validation (epoch started, not yet processed) or in the epoch-end hooks
+    (processed, not completed), with every batch completed and the last one reached, as Lightning
+    decides it (``is_last_batch``, or as many batches as the epoch has).
+    """
+    epochs, batches, _ = _fit_loop_progress(checkpoint)
+    try:
+        e, b = epochs["current"], batches["current"]
+        epoch_ending = e["ready"] == e["started"] == e["completed"] + 1 and e["processed"] in (e["completed"], e["started"])
+        batches_done = b["ready"] == b["started"] == b["processed"] == b["completed"] > 0
+        return bool(epoch_ending and batches_done and (batches["is_last_batch"] or b["ready"] == num_training_batches))
+    except (KeyError, TypeError):
+        return False
+
+
+def _plateau_step_missing(checkpoint: dict[str, Any]) -> int | None:
+    """The epoch whose ReduceLROnPlateau step a checkpoint saved at that epoch's end lacks, or None.
+
+    Saved after the epoch's training, with a plateau scheduler (its state has ``num_bad_epochs``),
+    without :data:`PLATEAU_STEP_KEY` for that epoch: an older cxr-lightning or another trainer
+    wrote it before the step, and resuming it leaves the step out.
+    """
+    if not _after_epoch_training(checkpoint):
+        return None
+    schedulers = checkpoint.get("lr_schedulers")
+    if not any(isinstance(state, dict) and "num_bad_epochs" in state for state in schedulers or []):
+        return None
+    epoch = _fit_loop_progress(checkpoint)[0]["current"]["completed"]
+    return None if checkpoint.get(PLATEAU_STEP_KEY) == epoch else int(epoch)
+
+
+def _due_plateau_steps(trainer) -> list[tuple[Any, Any]]:
+    """The ReduceLROnPlateau steps Lightning takes at the end of this training epoch, each with its
+    monitored value: epoch interval, the frequency condition on ``current_epoch + 1``, automatic
+    optimisation, and a monitored metric logged (Lightning skips or fails the step without one).
+
+    Mirrors ``_TrainingEpochLoop._update_learning_rates`` (Lightning 2.6) for plateau schedulers.
+    """
+    if not trainer.lightning_module.automatic_optimization:
+        return []
+    due = []
+    for config in trainer.lr_scheduler_configs:
+        if config.reduce_on_plateau and config.interval == "epoch" and (trainer.current_epoch + 1) % config.frequency == 0:
+            value = trainer.callback_metrics.get(config.monitor)
+            if value is not None:
+                due.append((config, value))
+    return due
+
+
+def _write_plateau_steps(trainer, checkpoint: dict[str, Any]) -> None:
+    """Bring the checkpoint's scheduler and optimizer learning rates past this epoch's due plateau
+    steps, as an uninterrupted run has them after its epoch end; the live ones are left alone.
+
+    Each step is taken on a stand-in: a ReduceLROnPlateau loaded with the saved scheduler state,
+    over a throwaway optimizer holding the saved param-group learning rates (all the scheduler
+    reads or writes). What is written is copied, never shared with the live objects.
+    """
+    schedulers, optimizers = checkpoint.get("lr_schedulers"), checkpoint.get("optimizer_states")
+    if not isinstance(schedulers, list) or not isinstance(optimizers, list):
+        return  # a weights-only checkpoint: no optimizer or scheduler state to bring forward
+    for config, value in _due_plateau_steps(trainer):
+        index = next(i for i, c in enumerate(trainer.lr_scheduler_configs) if c is config)
+        optimizer = next(i for i, o in enumerate(trainer.optimizers) if o is config.scheduler.optimizer)
+        if "param_groups" not in optimizers[optimizer]:
+            continue  # a sharded optimizer's state on a rank that does not write it
+        groups = copy.deepcopy(optimizers[optimizer]["param_groups"])
+        stand_in = torch.optim.SGD([{"params": [torch.zeros(())], "lr": group["lr"]} for group in groups])
+        scheduler = ReduceLROnPlateau(stand_in)
+        scheduler.load_state_dict(copy.deepcopy(schedulers[index]))
+        scheduler.step(value)  # what Lightning's default lr_scheduler_step does with a plateau scheduler
+        for group, stepped in zip(groups, stand_in.param_groups):
+            group["lr"] = stepped["lr"]
+        optimizers[optimizer] = {**optimizers[optimizer], "param_groups": groups}
+        schedulers[index] = copy.deepcopy(scheduler.state_dict())

@@ -63,16 +63,16 @@ def main(args: list[str] | None = None) -> int:
     if args and args[0] == "data":
         from cxr_lightning.data.commands import main as data_main
 
-        return data_main(args[1:])
+        return exit_on_user_error(data_main, args[1:])
     if args and args[0] == "report":
         from cxr_lightning.report import main as report_main
 
-        return report_main(args[1:])
+        return exit_on_user_error(report_main, args[1:])
     # `predict --checkpoint CKPT --images ...` predicts on image files from a checkpoint alone;
     # `predict --config ... --ckpt_path ...` is LightningCLI's, on the configured data.
     if args and (args[0] in STANDALONE_COMMANDS or (args[0] == "predict" and any(a.startswith("--images") for a in args))):
         module = STANDALONE_COMMANDS.get(args[0], "cxr_lightning.inference")
-        return importlib.import_module(module).main(args[1:])
+        return exit_on_user_error(importlib.import_module(module).main, args[1:])
     if args[:1] == ["predict"] and any(a in ("-h", "--help") for a in args):
         print("cxr-lightning predict has two modes:\n"
               "  on image files, from a checkpoint alone:  cxr-lightning predict --checkpoint CKPT --images ... --out preds.csv\n"
@@ -91,30 +91,54 @@ def main(args: list[str] | None = None) -> int:
 
     # We always pass the (config-resolved) arguments explicitly, sys.argv's included.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+
+    def run_lightning_cli(argv: list[str]) -> int:
+        CXRLightningCLI(args=resolve_config_args(argv))
+        return 0
+
+    return exit_on_user_error(run_lightning_cli, args)
+
+
+def exit_on_user_error(command, argv: list[str]) -> int:
+    """Run ``command(argv)``; a known user error (:func:`user_error`) becomes one line on stderr and exit status 1."""
     try:
-        CXRLightningCLI(args=resolve_config_args(args))
+        return command(argv)
     except Exception as err:  # noqa: BLE001 - only known user errors are shortened, the rest re-raised
         message = user_error(err)
         if message is None:
             raise
         print(f"cxr-lightning: error: {message}", file=sys.stderr)
         return 1
-    return 0
 
 
 def user_error(err: BaseException) -> str | None:
-    """The message of a missing-data, missing-weights or bad-metadata error, even when wrapped."""
+    """The message of a known user error (missing data or weights, bad metadata, checkpoint or option value,
+    unwritable output, full disk), even when wrapped; None for anything else (a bug: its traceback is shown)."""
+    from cxr_lightning.checkpoint import CheckpointError
+    from cxr_lightning.data.datamodule import ConfigValueError
     from cxr_lightning.data.dataset import DataNotFoundError
+    from cxr_lightning.data.images import ImageDecodeError
     from cxr_lightning.data.metadata import MetadataError
-    from cxr_lightning.models.weights import WeightsNotFoundError
+    from cxr_lightning.models.weights import WeightsFileError, WeightsNotFoundError
+    from cxr_lightning.output_files import OutputFileError, disk_full_message
+    from cxr_lightning.run_lock import RunFolderError
 
     seen = set()
+    known = (DataNotFoundError, MetadataError, WeightsNotFoundError, WeightsFileError, CheckpointError, RunFolderError,
+             ConfigValueError, OutputFileError, ImageDecodeError)  # fmt: skip
+    first = err
     while err is not None and id(err) not in seen:
-        if isinstance(err, (DataNotFoundError, MetadataError, WeightsNotFoundError)):
-            return str(err)
+        if isinstance(err, known):
+            return _last_line(str(err)) if isinstance(err, ImageDecodeError) else str(err)
         seen.add(id(err))
         err = err.__cause__ or err.__context__
-    return None
+    return disk_full_message(first)  # a full disk is the user's to fix, wherever the write was
+
+
+def _last_line(message: str) -> str:
+    """An error raised in a DataLoader worker comes back as "Caught ... Original Traceback ...": its own line is last."""
+    line = message.strip().splitlines()[-1] if message.strip() else message
+    return line.split("ImageDecodeError: ", 1)[-1]
 
 
 if __name__ == "__main__":

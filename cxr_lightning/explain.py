@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -49,6 +50,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cxr_lightning.data.image_files import walk_folder
 
 __all__ = [
     "BOX_LABEL_ALIASES",
@@ -342,15 +345,16 @@ def find_image_files(root: str | Path, names: Iterable[str]) -> tuple[dict[str, 
     index: dict[str, Path] | None = None
     for name in dict.fromkeys(names):
         for candidate in (root / name, root / "images" / name):
-            if candidate.is_file():
+            # Any entry of that name, even a folder or a link loop: decoding then says what it is.
+            if os.path.lexists(candidate):
                 found[name] = candidate
                 break
         else:
             if index is None:
                 index = {}
-                for p in sorted(root.rglob("*")):
-                    if p.is_file():
-                        index.setdefault(p.name, p)
+                entries = walk_folder(root, skip_hidden=False).entries
+                for entry in sorted(entries, key=lambda e: (e.is_dir, str(e.path))):  # files before folders
+                    index.setdefault(entry.name, entry.path)
             if name in index:
                 found[name] = index[name]
             else:
@@ -561,7 +565,8 @@ def run_explain(args: argparse.Namespace) -> int:
     from cxr_lightning.data.labels import NO_FINDING
     from cxr_lightning.inference import Predictor, read_metadata_table, resolve_inputs
 
-    predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, num_workers=args.workers)
+    predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+                          trusted_classes=args.trusted_classes)  # fmt: skip
     labels = _resolve_labels(args.labels, predictor.label_names)
     paths, skipped = resolve_inputs(args.images)
     for problem in skipped:

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -187,6 +188,7 @@ def export_model(
     opset: int = 17,
     exporter: Literal["auto", "legacy", "dynamo"] = "auto",
     verify: bool = True,
+    trusted_classes: Sequence[str] = (),
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out`` (ONNX or TorchScript) and write ``<out>.json`` beside it.
 
@@ -201,12 +203,13 @@ def export_model(
         exporter: ONNX exporter, ``auto`` picks by ``opset``.
         verify: run the exported model (ONNX Runtime / TorchScript) on a random batch of 3 and
             record the max abs difference to PyTorch in the result and the sidecar.
+        trusted_classes: model class paths outside cxr_lightning the checkpoint may name.
     """
     from cxr_lightning.checkpoint import load_classifier
 
     if format not in ("onnx", "torchscript"):
         raise ValueError(f"unknown export format {format!r}; choose onnx or torchscript")
-    model, spec = load_classifier(checkpoint, map_location="cpu")
+    model, spec = load_classifier(checkpoint, map_location="cpu", trusted_classes=trusted_classes)
     model.eval()
     wrapper = ProbabilityModel(model).eval()
     size = int(image_size or spec.image_size)
@@ -314,7 +317,10 @@ def export_model(
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``cxr-lightning export``."""
+    from cxr_lightning.checkpoint import add_trust_argument
+
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint (.ckpt) written by cxr-lightning fit")
+    add_trust_argument(parser)
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="model format (default onnx)")
     parser.add_argument("--out", required=True, type=Path, help="model file to write; the sidecar goes to <out>.json")
     parser.add_argument("--image-size", type=int, default=None, help="input side (default: the training image size)")
@@ -325,10 +331,17 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def run_export(args: argparse.Namespace) -> int:
-    result = export_model(
-        args.checkpoint, args.out, format=args.format, image_size=args.image_size, opset=args.opset,
-        exporter=args.exporter, verify=not args.no_verify,
-    )  # fmt: skip
+    from cxr_lightning.output_files import atomic_outputs, check_writable_folder
+
+    # The folder is checked before the model is traced; the model and its sidecar appear under
+    # their names together, when both are complete (a full disk or a crash leaves neither).
+    check_writable_folder(Path(args.out).parent, "the exported model")
+    with atomic_outputs(args.out, sidecar_path(args.out)) as (staged_out, _):
+        result = export_model(
+            args.checkpoint, staged_out, format=args.format, image_size=args.image_size, opset=args.opset,
+            exporter=args.exporter, verify=not args.no_verify, trusted_classes=args.trusted_classes,
+        )  # fmt: skip
+    result = dataclasses.replace(result, path=Path(args.out), sidecar=sidecar_path(args.out))
     opset = f", opset {result.opset}" if result.opset else ""
     print(f"wrote {result.path} ({result.format}{opset}) and {result.sidecar}")
     if result.max_abs_diff is not None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import glob
 import math
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cxr_lightning.data.dicom import DICOM_SUFFIXES, is_dicom_file, load_dicom_grey, parse_dicom_age
+from cxr_lightning.data.image_files import unreadable_reason, walk_folder
 from cxr_lightning.data.images import ImageDecodeError, load_grey
 
 __all__ = [
@@ -87,66 +89,105 @@ _SEX = {"M": "M", "MALE": "M", "F": "F", "FEMALE": "F"}
 # ----------------------------------------------------------------------------------------------
 
 
-def _is_image_candidate(path: Path) -> bool:
+def _is_image_candidate(path: Path, is_dir: bool = False) -> bool:
+    """An image by its suffix (a folder or a link loop named like one too: decoding then says what it is), or a suffix-less DICOM file."""
     suffix = path.suffix.lower()
     if suffix in IMAGE_SUFFIXES or suffix in DICOM_SUFFIXES:
         return True
-    return suffix == "" and is_dicom_file(path)  # DICOM files often have no suffix
+    return suffix == "" and not is_dir and is_dicom_file(path)  # DICOM files often have no suffix
 
 
-def _folder_files(folder: Path) -> list[Path]:
-    files = [p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
-    return sorted(p for p in files if _is_image_candidate(p))
+def _folder_files(folder: Path) -> tuple[list[Path], list[dict[str, str]]]:
+    """The image files below ``folder`` (hidden entries left out) and the sub-folders that could not be listed."""
+    walk = walk_folder(folder)
+    files = sorted(entry.path for entry in walk.entries if _is_image_candidate(entry.path, entry.is_dir))
+    return files, [{"path": str(path), "reason": reason} for path, reason in walk.unlisted]
+
+
+def _read_list_file(path: Path) -> tuple[list[tuple[int, str]], str | None]:
+    """``(line number, text)`` of a list file's paths (blank and ``#`` lines counted, not returned), or the reason it is unreadable.
+
+    Read as ``utf-8-sig``: a byte-order mark is not part of the first path.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        return [], f"list file is not UTF-8 text (byte {err.start}: {err.reason})"
+    except OSError as err:
+        return [], f"cannot read the list file ({err.strerror or err})"
+    lines = [(number, line.strip()) for number, line in enumerate(text.splitlines(), start=1)]
+    return [(number, line) for number, line in lines if line and not line.startswith("#")], None
 
 
 def resolve_inputs(inputs: str | Path | Iterable[str | Path]) -> tuple[list[Path], list[dict[str, str]]]:
     """Expand files, folders, globs and list files into image paths (in order, without duplicates).
 
     Returns ``(paths, problems)`` where each problem is ``{'path': ..., 'reason': ...}`` for an
-    input that matched nothing (a missing file, an empty glob, an empty folder).
+    input that matched nothing (a missing file, an empty glob, an empty folder) or is not a file
+    (a folder named like an image, a symbolic link loop...); a list file's entries say their line.
+    Paths that exist but cannot be decoded are returned: decoding reports them.
     """
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     paths: list[Path] = []
     problems: list[dict[str, str]] = []
 
-    def add(item: str | Path, base: Path | None = None) -> None:
+    def add(item: str | Path, base: Path | None = None, origin: str = "") -> None:
         text = str(item).strip()
         if not text:
             return
         path = Path(text).expanduser()
         if base is not None and not path.is_absolute():
             path = base / path
+
+        def problem(reason: str) -> None:
+            problems.append({"path": str(path), "reason": reason + origin})
+
         if path.is_dir():
-            found = _folder_files(path)
-            if not found:
-                problems.append({"path": str(path), "reason": "folder holds no PNG/JPEG/DICOM file"})
+            found, unlisted = _folder_files(path)
+            problems.extend(unlisted)
+            if not found and not unlisted:
+                named_like_image = _is_image_candidate(path, is_dir=True)
+                what = "a directory, not an image file, and it holds" if named_like_image else "folder holds"
+                problem(f"{what} no PNG/JPEG/DICOM file")
             paths.extend(found)
         elif path.is_file():
             if path.suffix.lower() in LIST_SUFFIXES and base is None:
-                lines = path.read_text(encoding="utf-8").splitlines()
-                for line in lines:
-                    if line.strip() and not line.lstrip().startswith("#"):
-                        add(line, base=path.parent)
+                lines, unreadable = _read_list_file(path)
+                if unreadable is not None:
+                    problem(unreadable)
+                for number, line in lines:
+                    add(line, base=path.parent, origin=f" (line {number} of {path})")
             else:
                 paths.append(path)
-        elif _GLOB_CHARS & set(text):
+        elif _GLOB_CHARS & set(text) and not os.path.lexists(path):
             pattern = str(path)
             matches = sorted(Path(m) for m in glob.glob(pattern, recursive=True))
-            files = [m for m in matches if m.is_file() and _is_image_candidate(m)]
-            files += [f for m in matches if m.is_dir() for f in _folder_files(m)]
+            files = [m for m in matches if not m.is_dir() and _is_image_candidate(m)]
+            for folder in (m for m in matches if m.is_dir()):
+                found, unlisted = _folder_files(folder)
+                files += found
+                problems.extend(unlisted)
             if not files:
-                problems.append({"path": pattern, "reason": "no image file matches this pattern"})
+                problem("no image file matches this pattern")
             paths.extend(files)
         else:
-            problems.append({"path": str(path), "reason": "file not found"})
+            problem(unreadable_reason(path) or "file not found")
 
     for item in items:
         add(item)
     # One entry per file, however it was reached (a list file's "../x.png" and a glob's "x.png").
     unique: dict[Path, Path] = {}
     for p in paths:
-        unique.setdefault(p.resolve(), p)
+        unique.setdefault(_identity(p), p)
     return list(unique.values()), problems
+
+
+def _identity(path: Path) -> Path:
+    """The path a file is known by whatever the route to it; a link loop's own path (resolve() would raise)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,12 +342,21 @@ class Predictor:
         device: torch device for the model (``cpu``, ``cuda``, ``cuda:1``...).
         batch_size: images per forward pass.
         num_workers: threads decoding and resizing images (0: in the calling thread).
+        trusted_classes: model class paths outside cxr_lightning the checkpoint may name (their
+            import runs their code; see :func:`~cxr_lightning.checkpoint.load_classifier`).
     """
 
-    def __init__(self, checkpoint: str | Path, device: str | torch.device = "cpu", batch_size: int = 16, num_workers: int = 2):
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        device: str | torch.device = "cpu",
+        batch_size: int = 16,
+        num_workers: int = 2,
+        trusted_classes: Sequence[str] = (),
+    ):
         from cxr_lightning.checkpoint import load_classifier
 
-        model, spec = load_classifier(checkpoint, map_location="cpu")
+        model, spec = load_classifier(checkpoint, map_location="cpu", trusted_classes=trusted_classes)
         self._setup(model, spec, device, batch_size, num_workers)
         self.checkpoint = Path(checkpoint)
 
@@ -478,7 +528,10 @@ def skipped_csv_path(out_csv: str | Path) -> Path:
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint --images --metadata --batch-size --device --workers --no-progress``."""
+    from cxr_lightning.checkpoint import add_trust_argument
+
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint (.ckpt) written by cxr-lightning fit")
+    add_trust_argument(parser)
     parser.add_argument(
         "--images", required=True, nargs="+", metavar="PATH",
         help="image files (PNG/JPEG/DICOM), folders (searched recursively), quoted glob patterns or .txt list files",
@@ -502,9 +555,18 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """Run ``predict-files``; 0 on success, 1 when no image could be predicted."""
-    predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, num_workers=args.workers)
-    frame = predictor.predict_files(args.images, metadata_csv=args.metadata, out_csv=args.out, progress=not args.no_progress)
+    """Run ``predict-files``; 0 on success, 1 when no image could be predicted.
+
+    The output folder is checked before the model is loaded; the CSV and its skipped list appear
+    together under their names only when both are complete (a full disk leaves neither).
+    """
+    from cxr_lightning.output_files import atomic_outputs, check_writable_folder
+
+    check_writable_folder(Path(args.out).parent, "the predictions")
+    predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+                          trusted_classes=args.trusted_classes)  # fmt: skip
+    with atomic_outputs(args.out, skipped_csv_path(args.out)) as (staged_out, _):
+        frame = predictor.predict_files(args.images, metadata_csv=args.metadata, out_csv=staged_out, progress=not args.no_progress)
     skipped = frame.attrs.get("skipped", [])
     note = f"; {len(skipped)} skipped, see {skipped_csv_path(args.out)}" if skipped else ""
     print(f"wrote {len(frame)} predictions to {args.out}{note}", file=sys.stderr)

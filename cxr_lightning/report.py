@@ -10,7 +10,12 @@ temperature scaling) of every run the tables need, and writes ``report.md``:
   on validation only, reliability diagrams), and the imbalance methods beyond the paper;
 * Table 4 computed from the metadata, and the per-label ROC figures (the paper's Figure 1).
 
-A run that has not been made shows as ``missing``; nothing is filled in from elsewhere.
+A run that has not been made shows as ``missing``; nothing is filled in from elsewhere. A run
+whose files are unusable (``metrics.json`` that is not valid JSON or not the object ``test``
+writes; a predictions CSV with a missing, non-numeric or out-of-range value) is left out of every
+table, shown as ``broken`` in the runs table with the reason, and named on stderr with the file,
+the line and the command that writes the files again; the other runs are reported as usual. The
+command exits with status 1 only when runs are broken and none is usable.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -26,6 +32,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from cxr_lightning.output_files import atomic_write_text, check_writable_folder
 from cxr_lightning.paper_results import (
     ALL_RUNS,
     FIGURE_1_RUNS,
@@ -40,6 +47,14 @@ from cxr_lightning.paper_results import (
 )
 
 MISSING = "missing"
+BROKEN = "broken"
+
+#: The metrics.json keys a table cell reads: each a number, or null when undefined.
+_METRIC_KEYS = tuple(key for key, _ in METRIC_ROWS) + ("auroc_findings",)
+
+
+class RunFileError(ValueError):
+    """A run's file that the report cannot use; the message names the file and what is wrong."""
 
 
 @dataclass
@@ -52,6 +67,7 @@ class Run:
     config: dict | None
     n_resamples: int = 2000
     seed: int = 0
+    problem: str | None = None  #: why the run is left out (broken files), None when usable or missing
     _intervals: dict = field(default_factory=dict)
     _predictions: dict = field(default_factory=dict)
 
@@ -60,9 +76,11 @@ class Run:
         return str(((self.config or {}).get("data") or {}).get("data_root", "?"))
 
     def predictions(self, part: str = "test"):
-        """The run's ``<part>_predictions.csv`` (read once), or None."""
+        """The run's ``<part>_predictions.csv`` (read once), or None (absent, or the run left out as broken)."""
         from cxr_lightning.statistics import read_predictions
 
+        if self.problem is not None:
+            return None
         if part not in self._predictions:
             path = self.folder / f"{part}_predictions.csv"
             self._predictions[part] = read_predictions(path) if path.is_file() else None
@@ -87,12 +105,73 @@ class Run:
         return self._intervals[group]
 
 
+def _read_metrics(path: Path) -> dict:
+    """``metrics.json`` as ``test`` writes it, checked where the report reads it; else :class:`RunFileError`."""
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise RunFileError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); it may be truncated") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise RunFileError(f"cannot read {path}: {err}") from err
+    if not isinstance(metrics, dict):
+        raise RunFileError(f"{path} holds a JSON {type(metrics).__name__}, not the object of metrics that `cxr-lightning test` writes")
+    num_images = metrics.get("num_images")
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
+        raise RunFileError(f"{path}: 'num_images' is {num_images!r}, not a count of images")
+    for group in ("default", "tuned"):
+        values = metrics.get(group)
+        if not isinstance(values, dict):
+            raise RunFileError(f"{path}: {group!r} is {type(values).__name__ if values is not None else 'absent'}, not an object of metrics")
+        for key in _METRIC_KEYS:
+            value = values.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise RunFileError(f"{path}: {group}.{key} is {value!r}, not a number")
+    thresholds = metrics.get("thresholds")
+    if not isinstance(thresholds, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in thresholds.values()):
+        raise RunFileError(f"{path}: 'thresholds' is not an object of label -> number")
+    return metrics
+
+
+def _rerun_hint(folder: Path) -> str:
+    """The command that writes a run's metrics.json and test_predictions.csv again."""
+    checkpoints = sorted((folder / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
+    ckpt = checkpoints[-1] if checkpoints else folder / "checkpoints" / "best-EPOCH.ckpt"
+    return f"rerun the test of that run: cxr-lightning test --config {folder / 'config.yaml'} --ckpt_path {ckpt}"
+
+
+def _read_config(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+        raise RunFileError(f"cannot read {path}: {' '.join(str(err).split())}") from err
+    if config is not None and not isinstance(config, dict):
+        raise RunFileError(f"{path} is not a YAML mapping")
+    return config
+
+
 def load_run(runs_dir: Path, name: str, n_resamples: int = 2000, seed: int = 0) -> Run:
+    """The run in ``runs_dir/name``; its files are read and checked now, so a broken one is known before any table."""
+    from cxr_lightning.statistics import PredictionsFileError
+
     folder = runs_dir / name
-    metrics_file, config_file = folder / "metrics.json", folder / "config.yaml"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
-    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else None
-    return Run(name, folder, metrics, config, n_resamples, seed)
+    run = Run(name, folder, None, None, n_resamples, seed)
+    try:
+        run.config = _read_config(folder / "config.yaml")
+        if (folder / "metrics.json").is_file():
+            run.metrics = _read_metrics(folder / "metrics.json")
+            run.predictions("test")
+            run.predictions("val")
+    except (RunFileError, PredictionsFileError) as err:
+        run.metrics, run.problem = None, f"{err}; {_rerun_hint(folder)}"
+        run._predictions.clear()
+    return run
+
+
+def _absent(run: Run) -> str:
+    """What a table shows for a run without usable results."""
+    return BROKEN if run.problem else MISSING
 
 
 def _number(value, digits: int = 4) -> str:
@@ -103,7 +182,7 @@ def cell(run: Run, group: str, key: str, paper: float | None, digits: int = 4) -
     """``ours [lower, upper] (paper)``; ``missing (paper)`` without the run."""
     paper_text = f"{paper:.{digits}f}" if paper is not None else "-"
     if run.metrics is None:
-        return f"{MISSING} ({paper_text})"
+        return f"{_absent(run)} ({paper_text})"
     ours = _number(run.metrics.get(group, {}).get(key), digits)
     interval = run.interval(group)
     if interval is not None and key in interval["lower"]:
@@ -175,7 +254,7 @@ def pairwise_tests(runs: dict[str, Run], n_resamples: int, seed: int) -> str:
         pair = f"{ca.title} - {cb.title}"
         aligned, note = _aligned(a, b) if a.metrics and b.metrics else (None, None)
         if aligned is None:
-            macro_rows.append([pair] + [note or MISSING] * len(METRIC_ROWS))
+            macro_rows.append([pair] + [note or (BROKEN if a.problem or b.problem else MISSING)] * len(METRIC_ROWS))
             continue
         pa, probs_b = aligned
         pair += f" ({note})" if note else ""
@@ -209,7 +288,7 @@ def calibration_section(runs: dict[str, Run], figures_dir: Path, relative_to: Pa
         run = runs[name]
         test = run.predictions() if run.metrics else None
         if test is None:
-            rows.append([f"{title} (`{name}`)"] + [MISSING] * 5)
+            rows.append([f"{title} (`{name}`)"] + [_absent(run)] * 5)
             continue
         before = calibration_table(test.probs, test.targets, test.label_names).loc["macro"]
         val = run.predictions("val")
@@ -268,7 +347,7 @@ def roc_figures(runs: dict[str, Run], figures_dir: Path, relative_to: Path) -> s
     for name, title in FIGURE_1_RUNS:
         predictions = runs[name].predictions() if runs[name].metrics else None
         if predictions is None:
-            parts.append(f"- {title} (`{name}`): {MISSING}")
+            parts.append(f"- {title} (`{name}`): {_absent(runs[name])}")
             continue
         path = plot_roc_curves(predictions.probs, predictions.targets, list(predictions.label_names), figures_dir / f"roc_{name}.png",
                                title=f"{title}: per-label ROC (test)")  # fmt: skip
@@ -276,15 +355,33 @@ def roc_figures(runs: dict[str, Run], figures_dir: Path, relative_to: Path) -> s
     return "### Figure 1: per-label ROC curves of the best model of each kind\n\n" + "\n\n".join(parts)
 
 
-def build_report(runs_dir: str | Path, out: str | Path, n_resamples: int = 2000, seed: int = 0) -> str:
-    """Write the report to ``out`` (figures in ``out``'s folder / figures) and return its text."""
+def _status(run: Run) -> str:
+    if run.problem:
+        return f"{BROKEN}: {run.problem.replace('|', '/')}"  # a '|' would split the table cell
+    return "done" if run.metrics else MISSING
+
+
+def load_runs(runs_dir: str | Path, n_resamples: int = 2000, seed: int = 0) -> dict[str, Run]:
+    """Every run the tables name; each broken one is named on stderr (it is left out, the others are reported)."""
+    runs = {name: load_run(Path(runs_dir), name, n_resamples, seed) for name in ALL_RUNS}
+    for run in runs.values():
+        if run.problem:
+            print(f"cxr-lightning: warning: run {run.name} left out of the report: {run.problem}", file=sys.stderr)
+    return runs
+
+
+def build_report(runs_dir: str | Path, out: str | Path, n_resamples: int = 2000, seed: int = 0, runs: dict[str, Run] | None = None) -> str:
+    """Write the report to ``out`` (figures in ``out``'s folder / figures) and return its text.
+
+    ``runs``: from :func:`load_runs` (read here when not given).
+    """
     runs_dir, out = Path(runs_dir), Path(out)
     figures = out.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    runs = {name: load_run(runs_dir, name, n_resamples, seed) for name in ALL_RUNS}
+    runs = runs if runs is not None else load_runs(runs_dir, n_resamples, seed)
     status = _table(
         ["Run", "Status", "Test images", "Data root"],
-        [[f"`{r.name}`", "done" if r.metrics else MISSING, f"{r.metrics['num_images']:,}" if r.metrics else "-", r.data_root if r.config else "-"]
+        [[f"`{r.name}`", _status(r), f"{r.metrics['num_images']:,}" if r.metrics else "-", r.data_root if r.config else "-"]
          for r in runs.values()],
     )  # fmt: skip
     sections = [
@@ -309,8 +406,7 @@ def build_report(runs_dir: str | Path, out: str | Path, n_resamples: int = 2000,
         imbalance_table(runs),
     ]
     text = "\n\n".join(sections) + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    atomic_write_text(out, text)
     return text
 
 
@@ -322,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     args = parser.parse_args(argv)
     out = args.out or args.runs / "report.md"
-    build_report(args.runs, out, args.bootstrap, args.seed)
+    check_writable_folder(out.parent, "the report")  # before the bootstrap, not after it
+    runs = load_runs(args.runs, args.bootstrap, args.seed)
+    build_report(args.runs, out, args.bootstrap, args.seed, runs=runs)
     print(f"wrote {out} and its figures in {out.parent / 'figures'}")
+    broken = [r.name for r in runs.values() if r.problem]
+    if broken and not any(r.metrics for r in runs.values()):
+        print(f"cxr-lightning: error: no usable run in {args.runs}: {len(broken)} broken ({', '.join(broken)}), see above", file=sys.stderr)
+        return 1
     return 0

@@ -65,6 +65,7 @@ from cxr_lightning.metrics import MACRO_METRICS
 __all__ = [
     "MACRO_METRICS",
     "PredictionsFile",
+    "PredictionsFileError",
     "DeLongResult",
     "patient_ids_from_images",
     "read_predictions",
@@ -121,23 +122,57 @@ class PredictionsFile(NamedTuple):
     patients: np.ndarray
 
 
+class PredictionsFileError(ValueError):
+    """A predictions CSV that cannot be used: the message names the file, the CSV line, the column and the value."""
+
+
+def _checked_block(frame: pd.DataFrame, columns: list[str], path, what: str, valid) -> np.ndarray:
+    """``frame[columns]`` as float64; the first non-numeric, NaN or invalid cell is a :class:`PredictionsFileError`."""
+    block = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(block)
+    bad[~bad] = ~valid(block[~bad])
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        value = frame[columns[col]].iloc[row]
+        shown = repr(value) if isinstance(value, str) else "an empty cell or NaN" if pd.isna(value) else str(value)
+        raise PredictionsFileError(
+            f"{path}, line {row + 2} (data row {row + 1}), column {columns[col]}: {shown} "
+            f"is not {what} ({int(bad.any(axis=1).sum())} such row(s))"
+        )
+    return block
+
+
 def read_predictions(path: str | os.PathLike, label_names: Sequence[str] | None = None) -> PredictionsFile:
     """Read ``runs/<run>/test_predictions.csv`` (columns ``image``, ``prob_<Label>``…, ``label_<Label>``…).
 
     ``label_names`` selects and orders labels (default: every ``prob_`` column, in file order).
-    Patient ids come from the image names (:func:`patient_ids_from_images`).
+    Patient ids come from the image names (:func:`patient_ids_from_images`). A file that is
+    empty, truncated or holds a missing, non-numeric or out-of-range value raises
+    :class:`PredictionsFileError` naming the line (line 1 is the header).
     """
-    frame = pd.read_csv(path)
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError as err:
+        raise PredictionsFileError(f"{path} is empty (no header)") from err
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise PredictionsFileError(f"cannot read {path}: {err}") from err
     if label_names is None:
         label_names = [c[len("prob_") :] for c in frame.columns if c.startswith("prob_")]
     label_names = tuple(label_names)
     missing = [c for name in label_names for c in (f"prob_{name}", f"label_{name}") if c not in frame.columns]
-    if missing or "image" not in frame.columns:
-        raise ValueError(f"{path}: missing columns {(['image'] if 'image' not in frame.columns else []) + missing}")
+    if missing or "image" not in frame.columns or not label_names:
+        raise PredictionsFileError(f"{path}: missing columns {(['image'] if 'image' not in frame.columns else []) + (missing or ['prob_<label>'])}")
+    if frame.empty:
+        raise PredictionsFileError(f"{path} has a header but no rows")
     images = frame["image"].astype(str).to_numpy()
-    probs = frame[[f"prob_{n}" for n in label_names]].to_numpy(dtype=np.float64)
-    targets = frame[[f"label_{n}" for n in label_names]].to_numpy().astype(np.int64)
-    return PredictionsFile(images, probs, targets, label_names, patient_ids_from_images(images))
+    probs = _checked_block(frame, [f"prob_{n}" for n in label_names], path, "a probability in [0, 1]", lambda a: (a >= 0) & (a <= 1))
+    targets = _checked_block(frame, [f"label_{n}" for n in label_names], path, "a 0/1 label", lambda a: (a == 0) | (a == 1))
+    try:
+        patients = patient_ids_from_images(images)
+    except ValueError as err:
+        row = next(i for i, name in enumerate(images) if not _IMAGE_NAME.match(os.path.basename(name)))
+        raise PredictionsFileError(f"{path}, line {row + 2} (data row {row + 1}), column image: {err}") from err
+    return PredictionsFile(images, probs, targets.astype(np.int64), label_names, patients)
 
 
 def as_matrix(name: str, x: Any, dtype: Any = None) -> np.ndarray:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
+import warnings
 from pathlib import Path
 
 import yaml
@@ -10,9 +13,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger
 
 from cxr_lightning.callbacks import PredictionCSVWriter, TestOutputWriter, ThresholdTuner
-from cxr_lightning.checkpoint import LatestCheckpoint
+from cxr_lightning.checkpoint import FILE_ARGUMENTS, CheckpointError, LatestCheckpoint, is_trusted_class_path, read_checkpoint
 from cxr_lightning.data.datamodule import ChestXrayDataModule
 from cxr_lightning.models.base import CXRClassifier
+from cxr_lightning.run_lock import RunFolderError, RunFolderLock, is_global_rank_zero
+
+# What a run folder needs beyond its checkpoints: logs, predictions, W&B's offline files.
+RUN_FOLDER_MARGIN_BYTES = 200 * 2**20
 
 
 class SaveConfigToLoggers(SaveConfigCallback):
@@ -42,15 +49,23 @@ class CXRLightningCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", {"plugins": {"class_path": "cxr_lightning.checkpoint.AtomicCheckpointIO"}})
         kwargs.setdefault("save_config_callback", SaveConfigToLoggers)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        super().__init__(CXRClassifier, ChestXrayDataModule, *args, **kwargs)
+        self._run_lock: RunFolderLock | None = None
+        try:
+            super().__init__(CXRClassifier, ChestXrayDataModule, *args, **kwargs)
+        finally:
+            # Released on every way out (a crash too); the OS releases it if the process dies.
+            if self._run_lock is not None:
+                self._run_lock.release()
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ThresholdTuner, "threshold_tuner")
         parser.add_lightning_class_args(TestOutputWriter, "test_outputs")
         parser.add_lightning_class_args(PredictionCSVWriter, "predict_outputs")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # The best checkpoint is saved right after each validation, before last.ckpt is written in the
+        # same hook: last.ckpt then records the best there is (a resume keeps the right best, and no stale one).
         parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.mode": "min", "checkpoint.save_last": False,
-                             "checkpoint.filename": "best-{epoch:02d}"})  # fmt: skip
+                             "checkpoint.filename": "best-{epoch:02d}", "checkpoint.save_on_train_epoch_end": False})  # fmt: skip
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
         # The one writer of last.ckpt: after every epoch and every 10 minutes of training, so a
         # preempted run loses at most that much; rewritten in place on a rerun (no last-v1.ckpt).
@@ -60,6 +75,8 @@ class CXRLightningCLI(LightningCLI):
                              "resume_checkpoint.enable_version_counter": False})  # fmt: skip
         parser.link_arguments("trainer.default_root_dir", "resume_checkpoint.dirpath", compute_fn=_checkpoint_dir)
         parser.add_argument("--test_after_fit", type=bool, default=False, help="run test on the best checkpoint after fit")
+        parser.add_argument("--trust_model_class", type=list[str], default=[],
+                            help="model class paths (or modules) outside cxr_lightning that a --ckpt_path checkpoint may name")  # fmt: skip
         for source, target in (
             ("data.num_labels", "model.init_args.num_labels"),
             ("data.label_names", "model.init_args.label_names"),
@@ -68,7 +85,47 @@ class CXRLightningCLI(LightningCLI):
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        """Take the model's settings from ``--ckpt_path``, as LightningCLI does, but safely.
+
+        The checkpoint is read with ``weights_only=True`` (one-line errors for an empty, truncated or
+        pickled file); a model class it names outside this package is refused before any import
+        (unless the config names that class or ``--trust_model_class`` lists it); settings that name
+        files (``weights_path``, ``pretrained``) stay the user's, never the checkpoint's.
+        """
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        config = self.config[subcommand]
+        if config.get("weights_only") is False:
+            raise CheckpointError("--weights_only false is refused: checkpoints load with weights_only=True only (never code)")
+        config["weights_only"] = True  # Trainer.fit/test/... load the checkpoint with weights_only=True
+        path = _resolve_ckpt_path(config.get("ckpt_path"), config.get("trainer", {}).get("default_root_dir"))
+        if path is None:
+            return
+        checkpoint = read_checkpoint(path)
+        hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if k not in ("_instantiator", *FILE_ARGUMENTS)}
+        if not hparams:
+            return
+        configured = (config.get("model") or {}).get("class_path")
+        # A checkpoint saved outside the CLI records no class path: its settings are the configured class's.
+        class_path = hparams.pop("_class_path", None) or configured
+        if class_path is not None:
+            trusted = [*config.get("trust_model_class", []), *([configured] if configured else [])]
+            if not isinstance(class_path, str) or not is_trusted_class_path(class_path, trusted):
+                raise CheckpointError(
+                    f"{path}: names the model class {class_path!r}, outside cxr_lightning; it was not imported "
+                    f"(importing runs its code). If you trust it, pass --model {class_path} or --trust_model_class '[{class_path}]'"
+                )
+            hparams = {"class_path": class_path, "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write(f"Parsing the model settings stored in {path} failed\n")
+            raise
+
     def before_instantiate_classes(self) -> None:
+        self._lock_run_folder()
         # Keep W&B's local files in the run directory unless a config says otherwise.
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         trainer = config.get("trainer", {})
@@ -87,9 +144,41 @@ class CXRLightningCLI(LightningCLI):
             ChestXrayDataModule(**{k: v for k, v in data_config.as_dict().items() if not k.startswith("__")}).check_images_present()
         super().instantiate_classes()
 
+    def _lock_run_folder(self) -> None:
+        # One run per folder: a second run into a folder in use is refused before it writes there.
+        if self.subcommand is None or not is_global_rank_zero():
+            return
+        root = self.config[self.subcommand].get("trainer", {}).get("default_root_dir") or "."
+        if "://" in str(root):
+            return  # remote storage: no flock
+        self._run_lock = RunFolderLock(root).acquire(" ".join(["cxr-lightning", *sys.argv[1:]]))
+
+    def before_fit(self) -> None:
+        self._check_free_space()
+
+    def _check_free_space(self) -> None:
+        """Refuse a fit whose checkpoints cannot fit on the disk, before the first epoch."""
+        root = Path(self.trainer.default_root_dir)
+        if "://" in str(root) or not self.trainer.is_global_zero:
+            return
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        weights = sum(t.numel() * t.element_size() for t in tensors)
+        trainable = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
+        # best + last, plus the temporary copy of an atomic save; each holds weights and Adam's two moments.
+        needed = 3 * (weights + 2 * trainable) + RUN_FOLDER_MARGIN_BYTES
+        free = shutil.disk_usage(root).free
+        if free < needed:
+            raise RunFolderError(f"{root} has {free / 2**20:.0f} MiB free, but this run's checkpoints need about "
+                                 f"{needed / 2**20:.0f} MiB; free some space or choose another --trainer.default_root_dir")  # fmt: skip
+
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit"):
             best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+            if best and not _inside(best, _checkpoint_dir(self.trainer.default_root_dir)):
+                # A resumed checkpoint carries its callbacks' state, best_model_path included: a file
+                # it names elsewhere is not this run's and is not loaded.
+                warnings.warn(f"the best checkpoint recorded ({best}) is outside this run's folder; testing the final weights instead")
+                best = ""
             # Validate the best checkpoint first: its thresholds are re-tuned on the same
             # predictions (so unchanged) and its validation predictions are written for
             # calibration; then test it.
@@ -97,12 +186,29 @@ class CXRLightningCLI(LightningCLI):
             # the last step holding the best epoch's value.
             loggers, self.trainer.loggers = self.trainer.loggers, []
             try:
-                self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+                self.trainer.validate(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True)
             finally:
                 self.trainer.loggers = loggers
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, weights_only=True)
 
 
 def _checkpoint_dir(root: str | None) -> str:
     return str(Path(root or ".") / "checkpoints")
+
+
+def _resolve_ckpt_path(ckpt_path: str | None, root: str | None) -> Path | None:
+    """The local file ``--ckpt_path`` names (``last``: this run's ``last.ckpt``), or None."""
+    if not ckpt_path or "://" in str(ckpt_path):
+        return None
+    if ckpt_path in ("last", "best", "hpc", "registry") or str(ckpt_path).startswith("registry:"):
+        last = Path(_checkpoint_dir(root)) / "last.ckpt"
+        return last if ckpt_path == "last" and last.is_file() else None
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise CheckpointError(f"--ckpt_path {path}: no such file" + (" (it is a directory)" if path.is_dir() else ""))
+    return path
+
+
+def _inside(path: str, folder: str) -> bool:
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
 

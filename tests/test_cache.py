@@ -140,6 +140,22 @@ def test_open_cache_is_none_for_absent_incomplete_or_other_size(mixed_root):
     assert open_cache(root, 16) is None
 
 
+def test_an_index_that_names_files_outside_its_folder_is_not_followed(mixed_root, monkeypatch):
+    root, names = mixed_root
+    build_cache(root, names[:3], 32, workers=0, progress=False)
+    index_path = root / "cache" / "32" / "index.json"
+    index = json.loads(index_path.read_text())
+    outside = root / "outside.npy"
+    shutil.copy(root / "cache" / "32" / index["array"], outside)
+    opened: list[str] = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda file, *a, **k: opened.append(str(file)) or real_load(file, *a, **k))
+    for name in ("../../outside.npy", str(outside)):
+        index_path.write_text(json.dumps({**index, "array": name}))
+        assert open_cache(root, 32) is None  # treated as no cache, never read
+    assert not any("outside" in path for path in opened)
+
+
 def _stop_after(chunks: int):
     calls = []
 

@@ -612,3 +612,58 @@ def test_read_md5_file(tmp_path):
     path.write_text("not a checksum line\n")
     with pytest.raises(ValueError, match=r"sums:1"):
         read_md5_file(path)
+
+
+# ----------------------------------------------------------------------------- local mirrors
+
+
+def _mirror(folder: Path, blobs: dict[str, bytes]) -> Path:
+    folder.mkdir(parents=True)
+    for name, blob in blobs.items():
+        (folder / name).write_bytes(blob)
+    (folder / "md5.txt").write_text("".join(f"{hashlib.md5(b).hexdigest()}  {n}\n" for n, b in blobs.items()))
+    return folder
+
+
+@pytest.mark.parametrize("spelling", ["path", "file_url"])
+def test_local_mirror_folder_or_file_url_is_copied_checked_and_extracted(tmp_path, release, capsys, spelling):
+    images, blobs = release
+    mirror = _mirror(tmp_path / "mirror dir", blobs)  # a space: the file URL is quoted
+    base = str(mirror) if spelling == "path" else mirror.as_uri()
+    root = tmp_path / "nih"
+    args = _parse(["--root", str(root), "--base-url", base, "--only", "1", "3", "--md5-file", str(mirror / "md5.txt"), "--no-progress"])
+    assert run_download(args) == 0
+    assert_images(root, images, names={"images_01.tar.gz", "images_03.tar.gz"})
+    assert not (root / "images" / "00000003_000.png").exists()
+    # Resuming works as for HTTP: a prefix of the archive left as .part is completed, not restarted.
+    blob = blobs["images_02.tar.gz"]
+    (root / "archives" / "images_02.tar.gz.part").write_bytes(blob[:10])
+    assert run_download(_parse(["--root", str(root), "--base-url", base, "--only", "2", "--md5-file", str(mirror / "md5.txt"), "--no-progress"])) == 0
+    assert_images(root, images)
+    assert "images_02.tar.gz: resumed" in capsys.readouterr().out
+
+
+def test_local_mirror_without_the_archive_names_the_missing_file(tmp_path, release, capsys):
+    _, blobs = release
+    mirror = _mirror(tmp_path / "mirror", {"images_01.tar.gz": blobs["images_01.tar.gz"]})
+    args = _parse(["--root", str(tmp_path / "nih"), "--base-url", str(mirror), "--only", "2", "--no-progress"])
+    assert run_download(args) == 1
+    err = capsys.readouterr().err
+    assert f"local mirror file {mirror / 'images_02.tar.gz'}" in err and "does not exist" in err and "--base-url" in err
+
+
+@pytest.mark.parametrize(
+    ("base_url", "expected"),
+    [
+        ("ftp://example.org/nih", "unsupported URL scheme 'ftp'; use http://, https://, file://"),
+        ("s3://bucket/nih", "unsupported URL scheme 's3'"),
+        ("file://otherhost/data/nih", "must name a local path (file:///path), not the host 'otherhost'"),
+        ("/no/such/mirror/folder", "/no/such/mirror/folder: no such folder"),
+    ],
+)
+def test_unusable_base_url_is_refused_before_anything_is_fetched(tmp_path, capsys, base_url, expected):
+    root = tmp_path / "nih"
+    assert run_download(_parse(["--root", str(root), "--base-url", base_url, "--only", "1", "--no-progress"])) == 2
+    err = capsys.readouterr().err
+    assert expected in err and base_url in err and "Traceback" not in err
+    assert not root.exists()  # refused before the archive folder was made

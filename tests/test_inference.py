@@ -54,7 +54,7 @@ def as_float32(values: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-def test_twelve_bits_in_sixteen_without_window_min_max_of_the_image(tmp_path):
+def test_twelve_bits_in_sixteen_without_window_use_the_stored_range(tmp_path):
     # junk in the 4 unused high bits must be ignored (BitsStored 12)
     path = write_dicom(tmp_path / "a.dcm", STORED_12, raw=(STORED_12 | 0xF000).astype("<u2").tobytes())
     grey, tags = load_dicom_grey(path)
@@ -64,10 +64,11 @@ def test_twelve_bits_in_sixteen_without_window_min_max_of_the_image(tmp_path):
     assert tags["bits_stored"] == 12 and not tags["windowed"] and tags["original_size"] == (3, 2)
 
 
-def test_min_max_uses_the_image_range_not_the_bit_depth(tmp_path):
+def test_without_window_the_bit_depth_not_the_image_range_is_shown(tmp_path):
+    # two images of one scanner map alike, whatever their own minimum and maximum
     stored = np.array([[100, 300], [500, 900]], dtype=np.uint16)
     grey, _ = load_dicom_grey(write_dicom(tmp_path / "a.dcm", stored))
-    assert np.array_equal(grey.numpy(), as_float32((stored - 100.0) / 800.0))
+    assert np.array_equal(grey.numpy(), as_float32(stored / 4095.0))
 
 
 def test_monochrome1_is_inverted(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,30 @@ def test_structural_errors(tmp_path, rows, header, message):
 def test_image_list_rejects_duplicates(tmp_path):
     path = tmp_path / "list.txt"
     path.write_text("a.png\nb.png\n\na.png\n")
-    with pytest.raises(MetadataError, match=r"'a.png' is listed twice \(entries 1 and 3\)"):
+    # The file's own line numbers: the blank line counts.
+    with pytest.raises(MetadataError, match=r"'a.png' is listed twice \(lines 1 and 4\)"):
         read_image_list(path)
     path.write_text("a.png\n\nb.png\n")
     assert read_image_list(path) == ["a.png", "b.png"]
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_image_list_with_a_byte_order_mark_reads_its_first_name(tmp_path, gzipped):
+    import gzip
+
+    text = "\ufeffa.png\n\nb.png\n"  # as a Windows editor saves it
+    path = tmp_path / ("list.txt.gz" if gzipped else "list.txt")
+    path.write_bytes(gzip.compress(text.encode("utf-8")) if gzipped else text.encode("utf-8"))
+    assert read_image_list(path) == ["a.png", "b.png"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("", r"is empty \(no header, no rows\)"), (NIH_HEADER + "\n", "has a header but no data rows")],
+    ids=["zero_bytes", "header_only"],
+)
+def test_empty_metadata_csv_is_an_error_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "Data_Entry_2017_v2020.csv"
+    path.write_text(content)
+    with pytest.raises(MetadataError, match=rf"{re.escape(str(path))}.*{message}.*delete it from the data root"):
+        read_metadata(path)

@@ -47,6 +47,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
+from cxr_lightning.data.argument_types import closed_fraction, open_fraction
 from cxr_lightning.data.images import ImageDecodeError, load_grey
 
 INDEX_FILE = "index.json"
@@ -125,26 +126,26 @@ def _decode_chunk(task: tuple[str, int, int, list[int], list[str | None]]) -> li
                 continue
             try:
                 st = os.stat(path)
+                stats = (st.st_size, st.st_mtime_ns)
             except FileNotFoundError:
-                results.append((row, MISSING, 0, 0, f"{path}: file not found"))
-                continue
+                stats = None  # gone, or a broken symbolic link: the decoder says which
+            except OSError:
+                stats = (0, 0)  # a symbolic link loop...: the decoder names the problem
             try:
                 pixels = decode_resized(path, size)
-            except FileNotFoundError:
-                results.append((row, MISSING, 0, 0, f"{path}: file not found"))
-                continue
             except ImageDecodeError as err:
-                status = MISSING if "file not found" in str(err) else UNREADABLE
-                results.append((row, status, st.st_size, st.st_mtime_ns, str(err)))
+                status = MISSING if str(err).endswith(": file not found") else UNREADABLE
+                results.append((row, status, *(stats or (0, 0)), str(err)))
                 continue
             except Exception as err:  # noqa: BLE001 - any failure of one file is that file's problem
-                results.append((row, UNREADABLE, st.st_size, st.st_mtime_ns, f"{path}: {type(err).__name__}: {err}"))
+                results.append((row, UNREADABLE, *(stats or (0, 0)), f"{path}: {type(err).__name__}: {err}"))
                 continue
             data = np.ascontiguousarray(pixels).tobytes()
             written = os.pwrite(fd, data, offset + row * row_bytes)
             if written != row_bytes:
                 raise OSError(f"short write to {array_path} (row {row}: {written} of {row_bytes} bytes)")
-            results.append((row, OK, st.st_size, st.st_mtime_ns, ""))
+            # a file that appeared after the stat records (0, 0): a later build sees it as changed
+            results.append((row, OK, *(stats or (0, 0)), ""))
         if hasattr(os, "fdatasync"):
             os.fdatasync(fd)
         else:  # pragma: no cover - non-Linux
@@ -207,6 +208,12 @@ def _read_index(directory: Path) -> dict | None:
         return None
     if not isinstance(index, dict) or index.get("version") != FORMAT_VERSION:
         return None
+    # The index names its data files: only plain names inside this folder (a copied cache is data
+    # from elsewhere; its index must not point us at files outside it).
+    for key in ("array", "done", "sources"):
+        name = index.get(key)
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            return None
     return index
 
 
@@ -811,9 +818,9 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metadata-csv", type=Path, default=None, help="metadata CSV (default: ROOT's or the packaged one)")
     parser.add_argument("--train-val-list", type=Path, default=None, help="official train_val list (default: ROOT's or the packaged one)")
     parser.add_argument("--test-list", type=Path, default=None, help="official test list (default: ROOT's or the packaged one)")
-    parser.add_argument("--val-fraction", type=float, default=0.15, help="official split: patient fraction of train_val for validation")
+    parser.add_argument("--val-fraction", type=open_fraction, default=0.15, help="official split: patient fraction of train_val for validation")
     parser.add_argument("--seed", type=int, default=100, help="official/patient split seed")
-    parser.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument("--fractions", type=closed_fraction, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--stratify", action="store_true", help="patient split: stratify by rarest finding")
     parser.add_argument("--skip-bad", action="store_true", help="record missing/unreadable images as bad and finish, instead of failing")
     parser.add_argument("--chunk-size", type=int, default=64, help="images per worker task (progress is saved after each)")

@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 from cxr_lightning.data.labels import label_names
+from cxr_lightning.data.argument_types import closed_fraction, open_fraction
 from cxr_lightning.data.metadata import TEST_LIST, TRAIN_VAL_LIST, find_image_list, find_metadata_csv, read_metadata
 from cxr_lightning.data.splits import PAPER_SEED, PAPER_VAL_FRACTION, PARTS, Split, make_split
+from cxr_lightning.output_files import atomic_outputs, atomic_write_text, check_writable_folder
 
 
 def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,9 +19,9 @@ def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metadata-csv", type=Path, default=None, help="metadata CSV (overrides --root)")
     parser.add_argument("--train-val-list", type=Path, default=None, help="official train_val list (overrides --root)")
     parser.add_argument("--test-list", type=Path, default=None, help="official test list (overrides --root)")
-    parser.add_argument("--val-fraction", type=float, default=PAPER_VAL_FRACTION, help="official split: patient fraction of train_val for validation")
+    parser.add_argument("--val-fraction", type=open_fraction, default=PAPER_VAL_FRACTION, help="official split: patient fraction of train_val for validation")
     parser.add_argument("--seed", type=int, default=PAPER_SEED, help="official/patient split seed")
-    parser.add_argument("--fractions", type=float, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"), help="patient split: patient fractions")
+    parser.add_argument("--fractions", type=closed_fraction, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"), help="patient split: patient fractions")
     parser.add_argument("--stratify", action="store_true", help="patient split: stratify patients by their rarest finding")
     parser.add_argument("--bad-values", choices=("missing", "error"), default="missing", help="policy for bad ages/sexes/views")
 
@@ -48,11 +50,13 @@ def _load(args: argparse.Namespace):
 def run_stats(args: argparse.Namespace) -> int:
     from cxr_lightning.data.stats import format_csv, format_markdown, prevalence_table
 
+    if args.out:
+        check_writable_folder(Path(args.out).parent, "the table")
     meta, split = _load(args)
     table = prevalence_table(meta, split, label_names(not args.findings_only))
     text = format_csv(table, args.decimals) if args.format == "csv" else format_markdown(table, args.decimals)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        atomic_write_text(args.out, text + "\n")
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         print(text)
@@ -60,18 +64,21 @@ def run_stats(args: argparse.Namespace) -> int:
 
 
 def run_split(args: argparse.Namespace) -> int:
+    check_writable_folder(args.out, "the split files")
     meta, split = _load(args)
-    args.out.mkdir(parents=True, exist_ok=True)
+    # All three or none: a train.txt of this split beside a test.txt of an older one would mix splits.
+    with atomic_outputs(*(args.out / f"{part}.txt" for part in PARTS)) as staged:
+        for part, path in zip(PARTS, staged):
+            path.write_text("\n".join(split.images(meta, part)) + "\n", encoding="utf-8")
     for part in PARTS:
-        names = split.images(meta, part)
-        (args.out / f"{part}.txt").write_text("\n".join(names) + "\n")
-        print(f"{args.out / f'{part}.txt'}: {len(names):,} images")
+        print(f"{args.out / f'{part}.txt'}: {len(split.part(part)):,} images")
     return 0
 
 
 def run_synth(args: argparse.Namespace) -> int:
     from cxr_lightning.data.synthetic import generate_synthetic_dataset
 
+    check_writable_folder(args.out, "the synthetic dataset")
     summary = generate_synthetic_dataset(args.out, args.num_images, args.image_size, args.seed)
     print(format_synthetic_summary(summary))
     return 0
@@ -93,8 +100,16 @@ def format_synthetic_summary(summary) -> str:
     return "\n".join(lines)
 
 
+def run_prepare_checked(args: argparse.Namespace) -> int:
+    """``data prepare``, after proving its cache folder writable: a read-only disk stops it in one line, not after decoding."""
+    from cxr_lightning.data.cache import default_cache_dir, run_prepare
+
+    check_writable_folder(args.out or default_cache_dir(args.root, args.size), "the image cache")
+    return run_prepare(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from cxr_lightning.data.cache import add_prepare_arguments, run_prepare
+    from cxr_lightning.data.cache import add_prepare_arguments
     from cxr_lightning.data.download import add_download_arguments, run_download
 
     parser = argparse.ArgumentParser(prog="cxr-lightning data", description="NIH ChestX-ray14 data commands")
@@ -122,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prepare = commands.add_parser("prepare", help="decode the images once into a resumable uint8 memmap cache of one size")
     add_prepare_arguments(prepare)
-    prepare.set_defaults(run=run_prepare)
+    prepare.set_defaults(run=run_prepare_checked)
 
     download = commands.add_parser("download", help="download and extract the 12 NIH image archives (about 45 GB)")
     add_download_arguments(download)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -34,6 +35,58 @@ from cxr_lightning.data.sampling import RareFindingSampler, rare_finding_weights
 from cxr_lightning.data.splits import PARTS, Split, SplitName, make_split
 from cxr_lightning.data.transforms import Augmentation, ImageTransform, normalization_stats
 
+
+#: The smallest input every shipped backbone still reduces to a feature map (the baseline CNN pools
+#: four times by 2), and twice the NIH originals' 1024-pixel side: beyond that nothing is gained and
+#: a batch no longer fits in memory (100000 px would ask for 40 GB per image).
+IMAGE_SIZE_RANGE = (16, 2048)
+#: A batch larger than this does not fit in any accelerator's memory at the smallest image size.
+BATCH_SIZE_RANGE = (1, 65536)
+NUM_WORKERS_RANGE = (0, 1024)
+
+
+class ConfigValueError(ValueError):
+    """A DataModule option outside its allowed range; the message names the option, the value and the range."""
+
+
+def _check_int(name: str, value, allowed: tuple[int, int]) -> None:
+    low, high = allowed
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise ConfigValueError(f"data.{name} must be an integer in {low}..{high}, got {value!r}")
+
+
+def _check_fraction(name: str, value, closed: bool = False) -> None:
+    """``value`` in (0, 1), or in [0, 1] when ``closed``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (0 <= value <= 1 if closed else 0 < value < 1)
+    if not ok:
+        raise ConfigValueError(f"data.{name} must be a number in {'[0, 1]' if closed else '(0, 1)'}, got {value!r}")
+
+
+def check_options(options: dict) -> None:
+    """Range checks of :class:`ChestXrayDataModule`'s numeric options, at construction, before any data is read."""
+    _check_int("image_size", options["image_size"], IMAGE_SIZE_RANGE)
+    _check_int("batch_size", options["batch_size"], BATCH_SIZE_RANGE)
+    if options["eval_batch_size"] is not None:
+        _check_int("eval_batch_size", options["eval_batch_size"], BATCH_SIZE_RANGE)
+    _check_int("num_workers", options["num_workers"], NUM_WORKERS_RANGE)
+    if options["prefetch_factor"] is not None:
+        _check_int("prefetch_factor", options["prefetch_factor"], (1, 1024))
+    _check_fraction("val_fraction", options["val_fraction"])
+    fractions = options["fractions"]
+    if len(fractions) != 3:
+        raise ConfigValueError(f"data.fractions must be three numbers (train, val, test), got {fractions!r}")
+    for fraction in fractions:
+        _check_fraction("fractions", fraction, closed=True)
+    if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        raise ConfigValueError(f"data.fractions must sum to 1, got {list(fractions)} (sum {sum(fractions):g})")
+    degrees = options["rotation_degrees"]
+    if not (isinstance(degrees, (int, float)) and 0 <= degrees <= 180):
+        raise ConfigValueError(f"data.rotation_degrees must be a number in [0, 180], got {degrees!r}")
+    for name in ("brightness", "contrast"):  # the factor is drawn from [1 - b, 1 + b]: b >= 1 could black an image out
+        value = options[name]
+        if not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise ConfigValueError(f"data.{name} must be a number in [0, 1), got {value!r}")
 
 
 @dataclass
@@ -139,6 +192,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         cache_dir: str | Path | None = None,
         synthetic: SyntheticData | None = None,
     ):
+        check_options(locals())  # the arguments above, by name: fail before anything is read or built
         super().__init__()
         # jsonargparse may hand the dataclass over as a dict; checkpoints keep plain types only
         # (paths as str, the dataclass as a dict) so they load with torch.load(weights_only=True).

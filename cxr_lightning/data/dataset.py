@@ -9,6 +9,7 @@ copy-on-read that Python lists of strings cause under ``fork``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cxr_lightning.data.image_files import FolderEntry, scan_folder
 from cxr_lightning.data.images import ImageDecodeError, load_grey
 from cxr_lightning.data.loading import sample_seed
 
@@ -31,28 +33,45 @@ class DataNotFoundError(FileNotFoundError):
     """The images of a split are not under the data root."""
 
 
+def _image_folders(root: Path) -> list[Path]:
+    """``root/images`` and the Kaggle ``root/images_*/images`` that are folders (a link loop is none)."""
+    return [f for f in [root / "images"] + sorted(p / "images" for p in root.glob("images_*")) if f.is_dir()]
+
+
+def _entries(folder: Path) -> Iterator[FolderEntry]:
+    try:
+        yield from scan_folder(folder)
+    except OSError as err:  # the folder itself (its permissions): the error the commands report in one line
+        raise DataNotFoundError(f"{err.strerror or err}: check the folder's permissions") from err
+
+
 def has_images(root: str | Path) -> bool:
-    """Whether ``root/images`` (or a Kaggle ``root/images_*/images``) holds at least one file, without listing it all."""
-    root = Path(root)
-    for folder in [root / "images"] + [p / "images" for p in root.glob("images_*")]:
-        if folder.is_dir():
-            with os.scandir(folder) as entries:
-                if any(entry.is_file() for entry in entries):
-                    return True
-    return False
+    """Whether ``root/images`` (or a Kaggle ``root/images_*/images``) holds at least one non-folder entry, without listing it all.
+
+    A broken link or a link loop counts: the images are there, and decoding says what is wrong with each.
+    """
+    return any(not entry.is_dir for folder in _image_folders(Path(root)) for entry in _entries(folder))
 
 
 def index_images(root: str | Path) -> dict[str, Path]:
-    """Map image name -> path for ``root/images/*`` and the Kaggle layout ``root/images_*/images/*``."""
-    root = Path(root)
-    folders = [root / "images"] + sorted(p / "images" for p in root.glob("images_*") if p.is_dir())
+    """Map image name -> path for ``root/images/*`` and the Kaggle layout ``root/images_*/images/*``.
+
+    Every entry is indexed, not only regular files: a symbolic link loop, a broken link or a folder
+    named like an image is then reported by name, with what it is, when it is decoded
+    (:func:`~cxr_lightning.data.images.load_grey`) instead of passing for missing. A folder gives
+    way to a non-folder entry of the same name in a later image folder. The first of the folders
+    above that holds a name wins.
+    """
     found: dict[str, Path] = {}
-    for folder in folders:
-        if folder.is_dir():
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    if entry.is_file() and entry.name not in found:
-                        found[entry.name] = Path(entry.path)
+    folders_only: set[str] = set()
+    for folder in _image_folders(Path(root)):
+        for entry in _entries(folder):
+            if entry.name not in found or (entry.name in folders_only and not entry.is_dir):
+                found[entry.name] = entry.path
+                if entry.is_dir:
+                    folders_only.add(entry.name)
+                else:
+                    folders_only.discard(entry.name)
     return found
 
 
@@ -97,10 +116,12 @@ class ChestXrayDataset(Dataset):
         path, name = str(self.paths[index]), str(self.names[index])
         try:
             grey = load_grey(path)
-        except ImageDecodeError:
+        except ImageDecodeError as err:
             if self.skip_bad_images:
                 return {"skipped": name}
-            raise
+            raise ImageDecodeError(
+                f"{err}. Replace or remove it, or pass --data.on_bad_image skip to leave unreadable images out (counted and reported)"
+            ) from err
         # Augmentation randomness comes from (seed, epoch, index) alone: the same sample gets the
         # same augmentation whatever the worker, the prefetching or an interruption and resume.
         generator = torch.Generator().manual_seed(sample_seed(self.seed, int(self.epoch[0]), draw))

@@ -9,19 +9,31 @@ The pixel pipeline is the DICOM display pipeline (PS3.3 C.11 / PS3.4 N.2), with 
    (:func:`pydicom.pixels.apply_modality_lut`);
 3. the **VOI LUT**: a *VOI LUT Sequence*, else the first *Window Center/Width* pair with its
    *VOI LUT Function* (LINEAR, LINEAR_EXACT, SIGMOID) (:func:`pydicom.pixels.apply_voi_lut`);
-4. the displayed range is mapped linearly to [0, 1]. With a window it is the window's output
-   range (what pydicom maps the window onto: ``0..2**BitsStored - 1`` after the rescale, or the
-   Modality LUT's output range), so everything at or below the window's bottom is 0 and at or
-   above its top is 1. With a VOI LUT Sequence it is the range of the LUT's values. Without any
-   VOI transform it is the image's own minimum..maximum after the Modality LUT (a constant image
-   becomes all zeros);
-5. ``MONOCHROME1`` (low values white) is inverted (``1 - x``), so bone is bright for both
-   photometric interpretations.
+4. the displayed range is mapped linearly to [0, 1]. Without a VOI LUT Sequence it is the
+   **stored range through the Modality LUT**: ``0..2**BitsStored - 1`` (signed:
+   ``-2**(BitsStored-1)..2**(BitsStored-1) - 1``) through the rescale, or ``0..2**n - 1`` for a
+   Modality LUT Sequence of ``n``-bit entries. That is what pydicom maps a window onto, so with a
+   window everything at or below its bottom is 0 and at or above its top is 1. Without any VOI
+   transform the image is thus ``stored / (2**BitsStored - 1)`` (a linear rescale with a positive
+   slope only relabels the units and changes nothing; a negative slope inverts): an 8-bit DICOM
+   gives exactly the tensor of the same pixels in a PNG, and two images of one scanner map alike
+   whatever their own minimum and maximum (this is not a per-image min..max stretch). With a
+   VOI LUT Sequence it is the range of the LUT's values;
+5. the **Presentation LUT Shape** (2050,0020) or, without one, the Photometric Interpretation says
+   whether the greyscale is inverted (``1 - x``) so that bone is bright: ``INVERSE`` inverts,
+   ``IDENTITY`` does not; without the tag ``MONOCHROME1`` (low values white) inverts and
+   ``MONOCHROME2`` does not. ``INVERSE`` on a ``MONOCHROME1`` image is that image's one inversion,
+   not a second one: the DX Image Module (PS3.3 C.8.11.7) requires ``INVERSE`` with
+   ``MONOCHROME1`` and ``IDENTITY`` with ``MONOCHROME2``, the shape accounting for the
+   Photometric Interpretation (and pydicom's ``apply_presentation_lut`` returns P-values from
+   the shape alone). A ``MONOCHROME1`` image with ``IDENTITY`` (which the DX module does not
+   allow) is still inverted. A Presentation LUT *Sequence* is not applied.
 
 RGB/YBR images (rare for radiographs) become ITU-R 601 luma of their values scaled by their bit
-depth. Multi-frame images are refused. Compressed transfer syntaxes decode only if pydicom has a
-decoder for them installed (``pylibjpeg``, ``pylibjpeg-openjpeg``, ``python-gdcm``...); the error
-says so.
+depth. Multi-frame images and images of more than
+:data:`~cxr_lightning.data.images.MAX_IMAGE_PIXELS` pixels are refused. Compressed transfer
+syntaxes decode only if pydicom has a decoder for them installed (``pylibjpeg``,
+``pylibjpeg-openjpeg``, ``python-gdcm``...); the error says so.
 
 Tags: ``PatientAge`` (DICOM AS, e.g. ``058Y``, ``006M``, ``010W``, ``003D``, converted to years;
 NaN when absent, malformed or above 120), ``PatientSex`` (``M``/``F``, else ``''``) and
@@ -31,14 +43,17 @@ NaN when absent, malformed or above 120), ``PatientSex`` (``M``/``F``, else ``''
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from cxr_lightning.data.images import ImageDecodeError
+from cxr_lightning.data.image_files import unreadable_reason
+from cxr_lightning.data.images import MAX_IMAGE_PIXELS, ImageDecodeError
 
 __all__ = ["DICOM_SUFFIXES", "is_dicom_file", "load_dicom_grey", "parse_dicom_age", "dicom_tags"]
 
@@ -54,6 +69,8 @@ def is_dicom_file(path: str | Path) -> bool:
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # opening a FIFO would wait forever
+            return False
         with open(path, "rb") as handle:
             handle.seek(128)
             return handle.read(4) == b"DICM"
@@ -98,15 +115,8 @@ def dicom_tags(ds: Any) -> dict[str, Any]:
     }
 
 
-def _voi_output_range(ds: Any) -> tuple[float, float] | None:
-    """The (min, max) that :func:`pydicom.pixels.apply_voi_lut` maps the image onto; None if it does nothing."""
-    voi = ds.get("VOILUTSequence")
-    if voi and voi[0].get("LUTDescriptor") is not None and voi[0].get("LUTData") is not None:
-        data = np.asarray(voi[0].LUTData, dtype=np.float64)
-        return float(data.min()), float(data.max())
-    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
-        return None
-    # As pydicom's apply_windowing: the stored range, through the Modality LUT.
+def _stored_output_range(ds: Any) -> tuple[float, float]:
+    """The stored range (``BitsStored``, signed or not) through the Modality LUT: what pydicom maps a window onto."""
     if ds.get("ModalityLUTSequence"):
         return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
     bits = int(ds.BitsStored)
@@ -115,9 +125,29 @@ def _voi_output_range(ds: Any) -> tuple[float, float] | None:
     else:
         low, high = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope is not None and intercept is not None:
+    if slope is not None and intercept is not None:  # as apply_modality_lut: both or no rescale
         low, high = low * float(slope) + float(intercept), high * float(slope) + float(intercept)
     return (min(low, high), max(low, high))
+
+
+def _voi_lut_range(ds: Any) -> tuple[float, float] | None:
+    """The (min, max) of a VOI LUT Sequence's values, or None without one."""
+    voi = ds.get("VOILUTSequence")
+    if voi and voi[0].get("LUTDescriptor") is not None and voi[0].get("LUTData") is not None:
+        data = np.asarray(voi[0].LUTData, dtype=np.float64)
+        return float(data.min()), float(data.max())
+    return None
+
+
+def _has_window(ds: Any) -> bool:
+    return ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+
+
+def displayed_inverted(ds: Any) -> bool:
+    """Whether the greyscale is shown inverted: the Presentation LUT Shape if it has one, else MONOCHROME1 (module docstring, step 5)."""
+    shape = str(ds.get("PresentationLUTShape", "") or "").strip().upper()
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    return shape == "INVERSE" or photometric == "MONOCHROME1"
 
 
 def load_dicom_grey(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -133,21 +163,22 @@ def load_dicom_grey(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     """
     try:
         import pydicom
-        from pydicom.errors import InvalidDicomError
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError as err:  # pragma: no cover - pydicom is a dependency
         raise ImportError("reading DICOM needs pydicom>=3 (pip install pydicom)") from err
 
     path = Path(path)
+    reason = unreadable_reason(path)
+    if reason is not None:
+        raise ImageDecodeError(f"{path}: {reason}")
     try:
-        if path.stat().st_size == 0:
-            raise ImageDecodeError(f"{path}: empty file (0 bytes)")
-        ds = pydicom.dcmread(path)
-    except FileNotFoundError as err:
+        with open(path, "rb") as handle:
+            ds = pydicom.dcmread(handle)
+    except FileNotFoundError as err:  # removed since it was examined
         raise ImageDecodeError(f"{path}: file not found") from err
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as err:
-        if isinstance(err, ImageDecodeError):
-            raise
+    except PermissionError as err:
+        raise ImageDecodeError(f"{path}: permission denied (cannot open it for reading: check its owner and mode)") from err
+    except Exception as err:  # noqa: BLE001 - InvalidDicomError, EOFError, ValueError...: a damaged file's problem
         raise ImageDecodeError(f"{path}: cannot read DICOM ({type(err).__name__}: {err})") from err
 
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -156,6 +187,14 @@ def load_dicom_grey(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     if frames > 1:
         raise ImageDecodeError(f"{path}: multi-frame DICOM ({frames} frames) is not a radiograph we can classify")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    try:
+        pixels = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
+    except (TypeError, ValueError):
+        pixels = 0
+    if pixels > MAX_IMAGE_PIXELS:
+        raise ImageDecodeError(
+            f"{path}: image too large to decode ({ds.Columns}x{ds.Rows} = {pixels:,} pixels; the limit is {MAX_IMAGE_PIXELS:,})"
+        )
     try:
         stored = ds.pixel_array
     except Exception as err:  # noqa: BLE001 - decoder missing, truncated data, bad attributes...
@@ -172,12 +211,13 @@ def load_dicom_grey(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
             if stored.ndim != 2:
                 raise ImageDecodeError(f"{path}: expected one grey frame, got pixel array of shape {stored.shape}")
             values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
-            display_range = _voi_output_range(ds)
-            if display_range is not None:
+            lut_range = _voi_lut_range(ds)
+            if lut_range is not None or _has_window(ds):
                 values = np.asarray(apply_voi_lut(values, ds), dtype=np.float64)
                 windowed = True
-            else:
-                display_range = (float(values.min()), float(values.max()))
+            # A window maps onto the stored range through the Modality LUT, and without a VOI
+            # transform that range is what is shown (not the image's own min..max).
+            display_range = lut_range if lut_range is not None else _stored_output_range(ds)
         else:
             if stored.ndim != 3 or stored.shape[-1] != 3:
                 raise ImageDecodeError(f"{path}: photometric interpretation {photometric} with pixel array shape {stored.shape}")
@@ -198,7 +238,7 @@ def load_dicom_grey(path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
         grey = np.clip((values - low) / (high - low), 0.0, 1.0)
     else:
         grey = np.zeros_like(values)
-    if photometric == "MONOCHROME1":
+    if photometric in ("MONOCHROME1", "MONOCHROME2") and displayed_inverted(ds):
         grey = 1.0 - grey
     tags = dicom_tags(ds)
     tags.update(

@@ -34,6 +34,12 @@ size of one archive (about 4 GB) for the archive being extracted.  To keep the i
 disk, make ``ROOT`` itself a symbolic link: a linked ``ROOT/images`` is refused, because safe
 extraction does not write through links.
 
+A mirror (``--base-url URL``) may be an ``http://`` or ``https://`` server, or a local copy of
+the archives: ``--base-url file:///mnt/nih`` or just ``--base-url /mnt/nih`` (a folder holding
+``images_01.tar.gz`` ...). A local archive is copied into ``ROOT/archives`` (resumed the same way)
+and checked like a downloaded one; a missing file is an error naming it. Other URL schemes are
+refused with an error naming the URL.
+
 Also runnable as ``python -m cxr_lightning.data.download --root DIR ...`` (same options).
 """
 
@@ -49,6 +55,7 @@ import re
 import sys
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from collections.abc import Iterable, Sequence
@@ -67,6 +74,7 @@ __all__ = [
     "DownloadReport",
     "UnsafeArchiveError",
     "add_download_arguments",
+    "mirror_base_url",
     "download_nih_images",
     "read_md5_file",
     "run_download",
@@ -80,6 +88,8 @@ NIH_BOX_URL = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
 NIH_NUM_IMAGES = 112_120
 
 _CHUNK = 1 << 20  # 1 MiB
+#: URL schemes an archive may be fetched from (file: a local mirror folder).
+URL_SCHEMES = ("http", "https", "file")
 _USER_AGENT = "cxr-lightning (NIH ChestX-ray14 downloader; python-urllib)"
 
 
@@ -280,14 +290,37 @@ def select_archives(
             raise ValueError(f"unknown archive name(s) {' '.join(unknown)}; choose from: {valid}")
         chosen = [a for a in archives if a in picked]  # keep the release order
     if base_url:
-        base = base_url.rstrip("/")
-        chosen = [replace(a, url=f"{base}/{a.name}") for a in chosen]
+        base = mirror_base_url(base_url)
+        chosen = [replace(a, url=f"{base}/{urllib.parse.quote(a.name)}") for a in chosen]
     if md5s:
         by_key = {_archive_key(k): v for k, v in md5s.items()}
         chosen = [
             replace(a, md5=by_key[_archive_key(a.name)], size=None) if _archive_key(a.name) in by_key else a for a in chosen
         ]
     return chosen
+
+
+def mirror_base_url(base_url: str) -> str:
+    """``--base-url`` as a URL without the trailing ``/``: a local folder path becomes ``file://``; other schemes are refused."""
+    scheme = urllib.parse.urlparse(base_url).scheme.lower()
+    if not scheme:  # a plain path: a local mirror folder
+        folder = Path(base_url).expanduser()
+        if not folder.is_dir():
+            raise ValueError(f"--base-url {base_url}: no such folder (a local mirror is a folder holding images_01.tar.gz ...)")
+        return folder.resolve().as_uri()
+    if scheme not in URL_SCHEMES:
+        raise ValueError(f"--base-url {base_url}: unsupported URL scheme {scheme!r}; use http://, https://, file:// or a local folder")
+    if scheme == "file":
+        _local_file(base_url)  # a host part is refused here, before anything is fetched
+    return base_url.rstrip("/")
+
+
+def _local_file(url: str) -> Path:
+    """The local path of a ``file:`` URL (``file:///mnt/nih/x`` or ``file://localhost/...``)."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.netloc not in ("", "localhost"):
+        raise ValueError(f"{url}: a file:// URL must name a local path (file:///path), not the host {parsed.netloc!r}")
+    return Path(urllib.request.url2pathname(parsed.path))
 
 
 _MD5_LINE = re.compile(r"^([0-9a-fA-F]{32})\s+\*?(.+?)\s*$")
@@ -357,12 +390,66 @@ def _expect_size(archive: Archive, total: int | None, part: Path, what: str) -> 
         )
 
 
+def _progress_bar(archive: Archive, total: int | None, offset: int, progress: bool) -> tqdm:
+    return tqdm(
+        total=total,
+        initial=offset,
+        desc=archive.name,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=not progress,
+        mininterval=0.5 if sys.stderr.isatty() else 30.0,  # keep log files short
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def _copy_local(archive: Archive, part: Path, *, progress: bool) -> tuple[int, int, hashlib._Hash]:
+    """:func:`_fetch` for a ``file:`` URL: copy the mirror's file into ``part``, resuming a shorter ``part``."""
+    source = _local_file(archive.url)
+    if not source.is_file():
+        what = "is a folder, not a file" if source.is_dir() else "does not exist"
+        raise DownloadError(f"local mirror file {source} ({archive.url}) {what}; check --base-url (the folder holding {archive.name})")
+    total = source.stat().st_size
+    _expect_size(archive, total, part, "the local mirror file has")
+    offset = part.stat().st_size if part.exists() else 0
+    if offset > total:  # not a prefix of this file: start again
+        _unlink(part)
+        offset = 0
+    digest = _md5_of_file(part) if offset else hashlib.md5()
+    fetched = 0
+    bar = _progress_bar(archive, total, offset, progress)
+    try:
+        with open(source, "rb") as src, open(part, "ab" if offset else "wb") as out:
+            src.seek(offset)
+            while chunk := src.read(_CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                fetched += len(chunk)
+                bar.update(len(chunk))
+    except OSError as exc:
+        if exc.filename is not None and Path(exc.filename) == source:
+            raise DownloadError(f"cannot read local mirror file {source}: {exc.strerror or exc}") from exc
+        raise  # writing the .part failed (disk full, ...): reported by run_download
+    finally:
+        bar.close()
+    return offset, fetched, digest
+
+
 def _fetch(archive: Archive, part: Path, *, timeout: float, progress: bool) -> tuple[int, int, hashlib._Hash]:
     """Download ``archive`` into ``part`` (resuming it).  Returns (offset resumed from, bytes fetched, md5).
 
     Raises DownloadError on network/HTTP failures (the ``.part`` is kept for resuming) and
     ChecksumError when the server's length contradicts ``archive.size`` (the ``.part`` is deleted).
+    A ``file:`` URL is copied from the local mirror (:func:`_copy_local`); any other scheme but
+    http(s) is refused.
     """
+    scheme = urllib.parse.urlparse(archive.url).scheme.lower()
+    if scheme == "file":
+        return _copy_local(archive, part, progress=progress)
+    if scheme not in ("http", "https"):
+        raise DownloadError(f"cannot download {archive.name} from {archive.url}: unsupported URL scheme; use http://, https:// or file://")
     for _attempt in range(2):  # the second attempt only after a server answered an unusable range
         offset = part.stat().st_size if part.exists() else 0
         if archive.size is not None and offset >= archive.size:
@@ -411,18 +498,7 @@ def _fetch(archive: Archive, part: Path, *, timeout: float, progress: bool) -> t
             _expect_size(archive, total, part, "the server sends")
 
             fetched = 0
-            bar = tqdm(
-                total=total,
-                initial=offset,
-                desc=archive.name,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                disable=not progress,
-                mininterval=0.5 if sys.stderr.isatty() else 30.0,  # keep log files short
-                leave=False,
-                dynamic_ncols=True,
-            )
+            bar = _progress_bar(archive, total, offset, progress)
             try:
                 with open(part, mode) as out:
                     while True:
@@ -658,7 +734,8 @@ def add_download_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base-url",
         metavar="URL",
-        help="fetch every archive from URL/NAME (e.g. URL/images_01.tar.gz) instead of NIH's Box: a mirror",
+        help="fetch every archive from URL/NAME (e.g. URL/images_01.tar.gz) instead of NIH's Box: a mirror "
+        "(http://, https://, file:// or a local folder)",
     )
     parser.add_argument(
         "--md5-file",

@@ -55,6 +55,13 @@ _DICOM_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
 _AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 
+#: What to do about an unusable metadata CSV (a data root's copy wins over the packaged one).
+_REPLACE_HINT = (
+    "replace it with NIH's full Data_Entry_2017_v2020.csv, or delete it from the data root to use the copy "
+    "shipped with cxr-lightning"
+)
+
+
 class MetadataError(ValueError):
     """A metadata file or image list that cannot be used as it is."""
 
@@ -150,20 +157,28 @@ def find_image_list(root: str | Path | None, name: str) -> Path:
 
 
 def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+    # utf-8-sig: a list saved by a Windows editor starts with a byte-order mark, which would
+    # otherwise stick to the first image name and make it unknown.
+    return gzip.open(path, "rt", encoding="utf-8-sig") if path.suffix == ".gz" else open(path, encoding="utf-8-sig")
 
 
 def read_image_list(path: str | Path) -> list[str]:
-    """Image names of an official list file (one per line, blank lines ignored)."""
+    """Image names of an official list file (one per line, blank lines ignored; errors cite the file's own line numbers)."""
     path = Path(path)
-    with _open_text(path) as handle:
-        names = [line.strip() for line in handle]
-    names = [n for n in names if n]
+    try:
+        with _open_text(path) as handle:
+            lines = [line.strip() for line in handle]
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise MetadataError(f"cannot read image list {path}: {err}") from err
+    names: list[str] = []
     seen: dict[str, int] = {}
-    for line_number, name in enumerate(names, start=1):
+    for line_number, name in enumerate(lines, start=1):
+        if not name:
+            continue
         if name in seen:
-            raise MetadataError(f"{path}: image {name!r} is listed twice (entries {seen[name]} and {line_number})")
+            raise MetadataError(f"{path}: image {name!r} is listed twice (lines {seen[name]} and {line_number}); remove one")
         seen[name] = line_number
+        names.append(name)
     return names
 
 
@@ -238,7 +253,9 @@ def read_metadata(path: str | Path | None = None, bad_values: BadValuePolicy = "
     source = str(path)
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
+    except pd.errors.EmptyDataError as err:
+        raise MetadataError(f"metadata CSV {source} is empty (no header, no rows); {_REPLACE_HINT}") from err
+    except (OSError, EOFError, pd.errors.ParserError, UnicodeDecodeError) as err:  # EOFError: a truncated .gz
         raise MetadataError(f"cannot read metadata CSV {source}: {err}") from err
     raw = raw.rename(columns={c: COLUMN_ALIASES.get(c.strip(), c.strip()) for c in raw.columns})
     missing = [c for c in REQUIRED_COLUMNS if c not in raw.columns]
@@ -248,6 +265,8 @@ def read_metadata(path: str | Path | None = None, bad_values: BadValuePolicy = "
             "Expected the NIH header 'Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,"
             "Patient Gender,View Position,...'"
         )
+    if raw.empty:
+        raise MetadataError(f"metadata CSV {source} has a header but no data rows; {_REPLACE_HINT}")
     report = MetadataReport(source=source, rows=len(raw))
 
     images = raw["Image Index"].fillna("").astype(str).str.strip()

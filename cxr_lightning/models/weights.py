@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,13 @@ from typing import Any
 import torch
 
 __all__ = [
+    "WeightsFileError",
     "WeightsNotFoundError",
     "extract_state_dict",
     "hf_cache_dir",
     "hf_offline",
     "load_state_dict_file",
+    "safe_torch_load",
     "strip_to_model_keys",
     "torch_hub_checkpoint_dir",
 ]
@@ -34,6 +37,10 @@ class WeightsNotFoundError(FileNotFoundError):
 
     The message names the file or model id, each place searched, and how to fetch it.
     """
+
+
+class WeightsFileError(ValueError):
+    """A weights file that cannot be loaded safely: empty, truncated, not a torch file, or pickled code."""
 
 
 def torch_hub_checkpoint_dir() -> Path:
@@ -99,20 +106,52 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Load a ``.pth``/``.pt``/``.ckpt`` file from disk (CPU) and return its state dict.
 
-    Tries ``torch.load(weights_only=True)`` first; a checkpoint that pickles other objects (e.g. Lightning
-    hyper-parameters) is loaded again with ``weights_only=False``: only pass files you trust.
+    Only ever with ``torch.load(weights_only=True)``: a weights file is data, never code. A file that
+    pickles other Python objects is refused with a message that says how to re-save its tensors.
 
     Raises:
         WeightsNotFoundError: ``path`` does not exist.
+        WeightsFileError: the file is empty, truncated, not a torch file, or holds pickled objects.
     """
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsNotFoundError(f"weights file not found: {str(path)!r} (resolved: {str(path.resolve())!r})")
+    obj = safe_torch_load(path, what="weights file", error=WeightsFileError)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError):
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    return extract_state_dict(obj, source=str(path))
+        return extract_state_dict(obj, source=str(path))
+    except ValueError as err:
+        raise WeightsFileError(str(err)) from err
+
+
+def safe_torch_load(path: Path, what: str, error: type[Exception], map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors that name the file and what to do.
+
+    ``weights_only=True`` unpickles only tensors, containers and plain values; anything else (a class,
+    a function call: what a malicious pickle uses to run code) is refused before it is built.
+    """
+    try:
+        if path.stat().st_size == 0:
+            raise error(f"{what} {path} is empty (0 bytes): it was not written completely; use another copy")
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except error:
+        raise
+    except pickle.UnpicklingError as err:
+        if "weights only" not in str(err).lower():  # a damaged pickle, not a refused object
+            raise error(f"{what} {path} cannot be read ({str(err).strip()[:200]}): it is truncated or damaged; "
+                        "copy it again or use another one") from err
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        first = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else "")
+        raise error(
+            f"{what} {path} holds pickled Python objects other than tensors ({first}); it is refused, since "
+            "unpickling them could run code. If you trust its source, re-save its tensors with "
+            "torch.save(state_dict, 'weights.pth') and use that file"
+        ) from err
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, struct.error) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise error(
+            f"{what} {path} cannot be read ({type(err).__name__}: {reason}): it is truncated or not a PyTorch "
+            "file; copy it again or use another one"
+        ) from err
 
 
 def strip_to_model_keys(
