@@ -26,7 +26,7 @@ import numpy as np
 
 from cxr_lightning.data.labels import LABELS, NO_FINDING
 from cxr_lightning.data.metadata import packaged_file
-from cxr_lightning.statistics import (
+from cxr_lightning.evaluation.statistics import (
     bootstrap_ci,
     delong_multilabel,
     delong_test,

@@ -1,7 +1,7 @@
 """Batch-1 CPU inference latency of ResNet-50 with metadata: PyTorch eager vs ONNX Runtime.
 
 The model is what ``cxr-lightning export`` writes (backbone + fusion head + sigmoid, see
-:class:`cxr_lightning.export.ProbabilityModel`), with random weights (latency does not depend
+:class:`cxr_lightning.inference.export.ProbabilityModel`), with random weights (latency does not depend
 on the weights once denormals are flushed): a ``(1, 3, S, S)`` image and ``(1, 5)`` metadata in,
 15 probabilities out. Denormal floats are flushed to zero in both runtimes
 (``torch.set_flush_denormal(True)``; ORT ``session.set_denormal_as_zero``), both use the same
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxr_lightning.export import ProbabilityModel, _export_onnx
+from cxr_lightning.inference.export import ProbabilityModel, _export_onnx
 from cxr_lightning.models import ResNet50Classifier
 
 TARGET_MS = 60.0

@@ -32,8 +32,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from train_step_throughput import BEIT_BASE, inference_seconds, synthetic_batch, training_seconds  # noqa: E402
 
-from cxr_lightning.cli import shipped_config  # noqa: E402
-from cxr_lightning.paper_results import ALL_RUNS, PAPER_RUNS  # noqa: E402
+from cxr_lightning.cli.configs import shipped_config  # noqa: E402
+from cxr_lightning.evaluation.paper_results import ALL_RUNS, PAPER_RUNS  # noqa: E402
 
 # Only these init arguments change what a step computes; the rest (lr, scheduler, loss weights) do not.
 SHAPE_ARGS = ("high_res_stem", "freeze_backbone", "metadata_hidden", "in_channels", "channels")

@@ -23,8 +23,8 @@ from torchvision.transforms.v2 import functional as F
 
 from cxr_lightning.data import cache as cache_module
 from cxr_lightning.data.cache import (
-    CachedChestXrayDataset,
     CacheBuildError,
+    CachedChestXrayDataset,
     CacheLookupError,
     add_prepare_arguments,
     build_cache,

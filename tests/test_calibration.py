@@ -1,4 +1,4 @@
-"""Calibration metrics, reliability diagrams and temperature scaling (cxr_lightning.calibration)."""
+"""Calibration metrics, reliability diagrams and temperature scaling (cxr_lightning.evaluation.calibration)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from scipy.special import expit
 from sklearn.metrics import brier_score_loss
 
-from cxr_lightning.calibration import (
+from cxr_lightning.evaluation.calibration import (
     apply_temperature,
     brier_score,
     calibration_table,

@@ -84,7 +84,7 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_whole(tmp_path, mon
 
 
 def test_the_cli_trainer_writes_checkpoints_atomically(synthetic_root):
-    from cxr_lightning.training_cli import CXRLightningCLI
+    from cxr_lightning.cli.lightning_cli import CXRLightningCLI
 
     cli = CXRLightningCLI(args=["--model", "cxr_lightning.models.BaselineCNN", f"--data.data_root={synthetic_root}",
                                 "--data.split=official", "--data.val_fraction=0.25", "--trainer.logger=false"], run=False)  # fmt: skip

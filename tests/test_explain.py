@@ -17,20 +17,22 @@ from cxr_lightning.checkpoint import DataSpec
 from cxr_lightning.data import ChestXrayDataModule
 from cxr_lightning.data.encoding import MetadataEncoder
 from cxr_lightning.data.metadata import packaged_file
-from cxr_lightning.explain import (
+from cxr_lightning.explain.gradcam import (
     box_mask,
     energy_in_box,
     evaluate_localization,
     explain,
     find_target_layer,
     gradcam,
-    main as explain_main,
     overlay,
     pointing_game,
     read_bbox_csv,
     scale_box,
 )
-from cxr_lightning.inference import Predictor
+from cxr_lightning.explain.gradcam import (
+    main as explain_main,
+)
+from cxr_lightning.inference.predict import Predictor
 from cxr_lightning.models import BaselineCNN, BEiTClassifier, ResNet50Classifier
 from cxr_lightning.models.base import CXRClassifier
 from cxr_lightning.models.beit import tiny_beit_config

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import onnx  # noqa: E402,F401 - the dev extra installs the exporters: a missing one is a failure, not a skip
+import onnxruntime as ort  # noqa: E402
 import pandas as pd
 import pytest
 import torch
@@ -15,12 +17,10 @@ import torch
 from cxr_lightning.checkpoint import load_classifier
 from cxr_lightning.data import ChestXrayDataModule
 from cxr_lightning.data.transforms import normalization_stats
-from cxr_lightning.export import export_model, main as export_main, sidecar_path
+from cxr_lightning.inference.export import export_model, sidecar_path
+from cxr_lightning.inference.export import main as export_main
 from cxr_lightning.models import BaselineCNN, BEiTClassifier, ResNet50Classifier
 from cxr_lightning.models.beit import tiny_beit_config
-
-import onnx  # noqa: E402,F401 - the dev extra installs the exporters: a missing one is a failure, not a skip
-import onnxruntime as ort  # noqa: E402
 
 #: model -> (image size, normalisation, metadata encoding, constructor)
 MODELS = {

@@ -1,4 +1,4 @@
-"""Imbalance tools: focal and asymmetric losses (cxr_lightning.losses) and the rare-finding sampler."""
+"""Imbalance tools: focal and asymmetric losses (cxr_lightning.models.losses) and the rare-finding sampler."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from cxr_lightning.data.labels import LABELS, NO_FINDING
 from cxr_lightning.data.sampling import RareFindingSampler, rare_finding_weights
-from cxr_lightning.losses import AsymmetricLoss, FocalLoss, WeightedBCEWithLogits, build_loss
+from cxr_lightning.models.losses import AsymmetricLoss, FocalLoss, WeightedBCEWithLogits, build_loss
 
 NUM_LABELS = 5
 

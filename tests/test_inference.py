@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import torch
 from PIL import Image
-
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
 
@@ -19,7 +18,8 @@ from cxr_lightning.checkpoint import load_classifier  # noqa: E402
 from cxr_lightning.data import ChestXrayDataModule  # noqa: E402
 from cxr_lightning.data.dicom import is_dicom_file, load_dicom_grey, parse_dicom_age  # noqa: E402
 from cxr_lightning.data.images import ImageDecodeError, load_grey  # noqa: E402
-from cxr_lightning.inference import Predictor, main as predict_main, read_metadata_table, resolve_inputs  # noqa: E402
+from cxr_lightning.inference.predict import Predictor, read_metadata_table, resolve_inputs  # noqa: E402
+from cxr_lightning.inference.predict import main as predict_main
 from cxr_lightning.models import BaselineCNN  # noqa: E402
 
 

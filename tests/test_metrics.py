@@ -1,4 +1,4 @@
-"""cxr_lightning.metrics against scikit-learn (the paper's definitions) and brute force."""
+"""cxr_lightning.evaluation.metrics against scikit-learn (the paper's definitions) and brute force."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from sklearn.metrics import (
 )
 
 from cxr_lightning.data.labels import LABELS, NO_FINDING
-from cxr_lightning.metrics import (
+from cxr_lightning.evaluation.metrics import (
     MACRO_METRICS,
     PER_LABEL_COLUMNS,
     EpochPredictions,

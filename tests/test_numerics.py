@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cxr_lightning.losses import WeightedBCEWithLogits
 from cxr_lightning.models import BaselineCNN
+from cxr_lightning.models.losses import WeightedBCEWithLogits
 
 
 def batch(n=4, nan=False):

@@ -26,7 +26,7 @@ def test_wheel_install_resolves_bare_config_names_and_reads_metadata(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True)
     probe = (
         "import cxr_lightning, sys\n"
-        "from cxr_lightning.cli import resolve_config_args\n"
+        "from cxr_lightning.cli.configs import resolve_config_args\n"
         "from cxr_lightning.data.metadata import read_metadata\n"
         "assert cxr_lightning.__file__.startswith(sys.argv[1]), cxr_lightning.__file__\n"
         "print(resolve_config_args(['fit', '--config', 'resnet_log.yaml'])[2])\n"

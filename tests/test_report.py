@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import re
+import shutil
 
 import numpy as np
 import pandas as pd
 
 from cxr_lightning.cli import main
 from cxr_lightning.data.labels import LABELS
-from cxr_lightning.paper_results import ALL_RUNS
+from cxr_lightning.evaluation.paper_results import ALL_RUNS
 
 METRICS = {"recall_macro": 0.41234, "precision_macro": 0.3, "f1_macro": 0.31, "auroc_macro": 0.77777, "auroc_findings": 0.76, "exact_match": 0.2}
 
@@ -54,7 +54,7 @@ def test_report_fills_cells_with_ours_and_the_papers_and_marks_missing_runs(tmp_
 
 
 def test_pairwise_tests_and_calibration_use_the_runs_predictions(tmp_path):
-    from cxr_lightning.statistics import delong_test, read_predictions
+    from cxr_lightning.evaluation.statistics import delong_test, read_predictions
 
     runs = tmp_path / "runs"
     for seed, name in enumerate(("cnn", "resnet_log_conv", "beit_model4")):
@@ -74,7 +74,7 @@ def test_pairwise_tests_and_calibration_use_the_runs_predictions(tmp_path):
 
 
 def test_runs_that_skipped_different_images_are_compared_on_the_images_they_share(tmp_path):
-    from cxr_lightning.statistics import delong_test, read_predictions
+    from cxr_lightning.evaluation.statistics import delong_test, read_predictions
 
     runs = tmp_path / "runs"
     for seed, name in enumerate(("cnn", "resnet_log_conv", "beit_model4")):

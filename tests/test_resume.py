@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 
-from cxr_lightning.checkpoint import PLATEAU_STEP_KEY, LatestCheckpoint, _end_last_batch_epoch
+from cxr_lightning.training.checkpointing import PLATEAU_STEP_KEY, LatestCheckpoint, _end_last_batch_epoch
 
 REPO = Path(__file__).parents[1]
 

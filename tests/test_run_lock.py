@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from cxr_lightning.cli import main as cli_main
-from cxr_lightning.run_lock import LOCK_NAME, RunFolderError, RunFolderLock, is_global_rank_zero
+from cxr_lightning.training.run_lock import LOCK_NAME, RunFolderError, RunFolderLock, is_global_rank_zero
 
 REPO = Path(__file__).parents[1]
 HOLD_LOCK = """
 import sys, time
-from cxr_lightning.run_lock import RunFolderLock
+from cxr_lightning.training.run_lock import RunFolderLock
 lock = RunFolderLock(sys.argv[1]).acquire("holder")  # kept: a collected lock is released
 print("locked", flush=True)
 time.sleep(600)

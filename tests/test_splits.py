@@ -8,11 +8,9 @@ from sklearn.model_selection import train_test_split
 
 from cxr_lightning.data.labels import FINDINGS, LABELS
 from cxr_lightning.data.metadata import MetadataError, NIHMetadata, read_image_list
+from cxr_lightning.data.split_statistics import prevalence_table
 from cxr_lightning.data.splits import PARTS, make_split, official_split
-from cxr_lightning.data.stats import prevalence_table
-from cxr_lightning.paper_results import TABLE_4 as PAPER_TABLE_4
-
-
+from cxr_lightning.evaluation.paper_results import TABLE_4 as PAPER_TABLE_4
 
 
 def assert_no_leakage(meta: NIHMetadata, split) -> None:

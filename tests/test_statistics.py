@@ -1,4 +1,4 @@
-"""Patient-cluster bootstrap, paired bootstrap test, DeLong and Holm (cxr_lightning.statistics)."""
+"""Patient-cluster bootstrap, paired bootstrap test, DeLong and Holm (cxr_lightning.evaluation.statistics)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from scipy.stats import norm, rankdata
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from cxr_lightning.data.labels import LABELS, NO_FINDING
-from cxr_lightning.metrics import classification_metrics
-from cxr_lightning.statistics import (
+from cxr_lightning.evaluation.metrics import classification_metrics
+from cxr_lightning.evaluation.statistics import (
     _fast_delong,
     _midranks,
     bootstrap_ci,
@@ -143,7 +143,7 @@ def test_point_estimates_match_sklearn_and_project_metrics():
     aucs = roc_auc_score(targets, probs, average=None)
     np.testing.assert_allclose(result["per_label"]["auroc"].to_numpy(), aucs, atol=1e-12)
     assert est["auroc_macro"] == pytest.approx(aucs.mean(), abs=1e-12)
-    # ... and the project's own definitions (cxr_lightning.metrics).
+    # ... and the project's own definitions (cxr_lightning.evaluation.metrics).
     reference = classification_metrics(torch.tensor(probs), torch.tensor(targets), torch.tensor(thresholds), names)
     for m in MACRO:
         assert est[m] == pytest.approx(reference[m], abs=1e-6), m

@@ -68,7 +68,7 @@ def test_reported_metrics_equal_sklearn_on_the_written_predictions(trained_run):
 
 
 def test_tested_thresholds_are_the_best_f1_thresholds_of_the_written_validation_predictions(trained_run):
-    from cxr_lightning.metrics import best_f1_thresholds
+    from cxr_lightning.evaluation.metrics import best_f1_thresholds
 
     val = pd.read_csv(trained_run / "val_predictions.csv")
     probs = torch.tensor(val[[f"prob_{n}" for n in LABELS]].to_numpy(), dtype=torch.float32)
@@ -166,7 +166,7 @@ def test_warmup_linear_schedule(synthetic_root, tmp_path):
 
 
 def test_every_shipped_config_parses(capsys):
-    from cxr_lightning.cli import shipped_config_names
+    from cxr_lightning.cli.configs import shipped_config_names
 
     names = shipped_config_names()
     assert {"cnn.yaml", "resnet_linear.yaml", "resnet_log.yaml", "resnet_log_conv.yaml", "demo.yaml"} <= set(names)
@@ -194,7 +194,7 @@ def test_printed_config_is_commented(capsys):
 
 
 def test_bare_config_names_resolve_to_shipped_configs(tmp_path, monkeypatch):
-    from cxr_lightning.cli import resolve_config_args
+    from cxr_lightning.cli.configs import resolve_config_args
 
     monkeypatch.chdir(tmp_path)
     resolved = resolve_config_args(["fit", "--config", "resnet_log.yaml", "--config=cnn"])

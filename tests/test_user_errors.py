@@ -391,7 +391,7 @@ def test_predict_on_a_full_disk_leaves_no_half_csv(tmp_path, capsys, monkeypatch
 
 
 def test_export_on_a_full_disk_leaves_no_half_model(tmp_path, capsys, monkeypatch, checkpoint):
-    from cxr_lightning import export
+    from cxr_lightning.inference import export
 
     out = tmp_path / "model.onnx"
 

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from cxr_lightning.data.labels import label_names
 from cxr_lightning.data.argument_types import closed_fraction, open_fraction
+from cxr_lightning.data.labels import label_names
 from cxr_lightning.data.metadata import TEST_LIST, TRAIN_VAL_LIST, find_image_list, find_metadata_csv, read_metadata
 from cxr_lightning.data.splits import PAPER_SEED, PAPER_VAL_FRACTION, PARTS, Split, make_split
 from cxr_lightning.output_files import atomic_outputs, atomic_write_text, check_writable_folder
@@ -48,7 +48,7 @@ def _load(args: argparse.Namespace):
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from cxr_lightning.data.stats import format_csv, format_markdown, prevalence_table
+    from cxr_lightning.data.split_statistics import format_csv, format_markdown, prevalence_table
 
     if args.out:
         check_writable_folder(Path(args.out).parent, "the table")

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 
 from cxr_lightning.data.cache import CachedChestXrayDataset, ImageCache, cached_collate, default_cache_dir, open_cache
 from cxr_lightning.data.dataset import DOWNLOAD_HINT, ChestXrayDataset, DataNotFoundError, has_images, index_images
-from cxr_lightning.data.gpu_augment import BatchAugment, BatchNormalize
 from cxr_lightning.data.encoding import MetadataEncoder, MetadataEncoding, PosWeightScheme, positive_class_weights
+from cxr_lightning.data.gpu_augment import BatchAugment, BatchNormalize
 from cxr_lightning.data.labels import label_names
 from cxr_lightning.data.loading import ResumableDataLoader, ResumableSampler, collate_skipping_bad
 from cxr_lightning.data.metadata import (
@@ -34,7 +34,6 @@ from cxr_lightning.data.metadata import (
 from cxr_lightning.data.sampling import RareFindingSampler, rare_finding_weights
 from cxr_lightning.data.splits import PARTS, Split, SplitName, make_split
 from cxr_lightning.data.transforms import Augmentation, ImageTransform, normalization_stats
-
 
 #: The smallest input every shipped backbone still reduces to a feature map (the baseline CNN pools
 #: four times by 2), and twice the NIH originals' 1024-pixel side: beyond that nothing is gained and

@@ -18,9 +18,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from cxr_lightning.data.labels import FINDINGS, LABELS, NO_FINDING
-from cxr_lightning.losses import build_loss
-from cxr_lightning.metrics import PredictionCollector, classification_metrics, format_metrics_table
+from cxr_lightning.evaluation.metrics import PredictionCollector, classification_metrics, format_metrics_table
 from cxr_lightning.models.fusion import MetadataFusionHead
+from cxr_lightning.models.losses import build_loss
 
 MODEL_CLASS_KEY = "model_class_path"
 RNG_STATE_KEY = "torch_rng_state"

@@ -476,7 +476,7 @@ def _resolve_labels(requested: Iterable[str] | None, known: Sequence[str]) -> li
 
 
 def _as_predictor(model, spec, batch_size: int, device: str | torch.device | None):
-    from cxr_lightning.inference import Predictor
+    from cxr_lightning.inference.predict import Predictor
 
     if isinstance(model, Predictor):
         return model
@@ -501,18 +501,18 @@ def evaluate_localization(
     """Grad-CAM localisation against boxes, per label (see :func:`localization_summary`).
 
     Args:
-        model: a :class:`~cxr_lightning.inference.Predictor`, or a classifier together with ``spec``.
+        model: a :class:`~cxr_lightning.inference.predict.Predictor`, or a classifier together with ``spec``.
         images_root: folder holding the box CSV's images (``name``, ``images/name`` or anywhere below).
         bbox_csv: NIH-format boxes in pixels of each original image.
         labels: labels to evaluate (default: every box label the model has).
-        metadata_csv: optional metadata (see :mod:`cxr_lightning.inference`); else defaults.
+        metadata_csv: optional metadata (see :mod:`cxr_lightning.inference.predict`); else defaults.
         overlays_dir: also write an overlay per (image, label) with its boxes.
         tolerance: pointing-game tolerance in model-input pixels.
 
     Returns the summary frame; ``attrs['per_box']`` holds one row per box and
     ``attrs['skipped']`` the images that were missing or unreadable.
     """
-    from cxr_lightning.inference import read_metadata_table
+    from cxr_lightning.inference.predict import read_metadata_table
 
     predictor = _as_predictor(model, spec, batch_size, None)
     boxes = read_bbox_csv(bbox_csv)
@@ -544,7 +544,7 @@ def evaluate_localization(
 
 def add_explain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``cxr-lightning explain``."""
-    from cxr_lightning.inference import add_common_arguments
+    from cxr_lightning.inference.predict import add_common_arguments
 
     add_common_arguments(parser)
     parser.add_argument(
@@ -563,7 +563,7 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 def run_explain(args: argparse.Namespace) -> int:
     """Run ``explain``: overlays, ``explanations.csv`` and, with ``--boxes``, ``localization.csv`` (+ per box)."""
     from cxr_lightning.data.labels import NO_FINDING
-    from cxr_lightning.inference import Predictor, read_metadata_table, resolve_inputs
+    from cxr_lightning.inference.predict import Predictor, read_metadata_table, resolve_inputs
 
     predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
                           trusted_classes=args.trusted_classes)  # fmt: skip

@@ -12,11 +12,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
-from cxr_lightning.callbacks import PredictionCSVWriter, TestOutputWriter, ThresholdTuner
-from cxr_lightning.checkpoint import FILE_ARGUMENTS, CheckpointError, LatestCheckpoint, is_trusted_class_path, read_checkpoint
+from cxr_lightning.checkpoint import FILE_ARGUMENTS, CheckpointError, is_trusted_class_path, read_checkpoint
 from cxr_lightning.data.datamodule import ChestXrayDataModule
 from cxr_lightning.models.base import CXRClassifier
-from cxr_lightning.run_lock import RunFolderError, RunFolderLock, is_global_rank_zero
+from cxr_lightning.training.callbacks import PredictionCSVWriter, TestOutputWriter, ThresholdTuner
+from cxr_lightning.training.checkpointing import LatestCheckpoint
+from cxr_lightning.training.run_lock import RunFolderError, RunFolderLock, is_global_rank_zero
 
 # What a run folder needs beyond its checkpoints: logs, predictions, W&B's offline files.
 RUN_FOLDER_MARGIN_BYTES = 200 * 2**20

@@ -34,7 +34,7 @@ import pandas as pd
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, logit
 
-from cxr_lightning.statistics import as_matrix
+from cxr_lightning.evaluation.statistics import as_matrix
 
 __all__ = [
     "DEFAULT_BINS",

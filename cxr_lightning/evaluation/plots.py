@@ -13,8 +13,8 @@ def plot_roc_curves(probs: np.ndarray, targets: np.ndarray, label_names: list[st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from torchmetrics.functional.classification import binary_auroc, binary_roc
     import torch
+    from torchmetrics.functional.classification import binary_auroc, binary_roc
 
     fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
     colors = plt.get_cmap("tab20")(np.linspace(0, 1, len(label_names)))

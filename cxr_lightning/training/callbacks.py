@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
-from cxr_lightning.metrics import best_f1_thresholds, per_label_table
+from cxr_lightning.evaluation.metrics import best_f1_thresholds, per_label_table
 
 
 class ThresholdTuner(L.Callback):
@@ -90,7 +90,7 @@ class TestOutputWriter(L.Callback):
         write_predictions(out / "test_predictions.csv", _image_names(trainer.test_dataloaders, epoch.indices), epoch, names)
         figure = None
         if self.roc_figure:
-            from cxr_lightning.plots import plot_roc_curves
+            from cxr_lightning.evaluation.plots import plot_roc_curves
 
             figure = plot_roc_curves(epoch.probs.cpu().numpy(), epoch.targets.cpu().numpy(), names, out / "roc_curves.png")
         rank_zero_info(f"[test] wrote metrics.json, per_label.csv, test_predictions.csv to {out}")

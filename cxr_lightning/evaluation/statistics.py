@@ -60,7 +60,7 @@ import pandas as pd
 from scipy import stats as _stats
 
 from cxr_lightning.data.labels import LABELS, NO_FINDING
-from cxr_lightning.metrics import MACRO_METRICS
+from cxr_lightning.evaluation.metrics import MACRO_METRICS
 
 __all__ = [
     "MACRO_METRICS",
@@ -79,7 +79,7 @@ __all__ = [
     "holm_adjust",
 ]
 
-# The macro metrics of bootstrap_ci are those of cxr_lightning.metrics (MACRO_METRICS);
+# The macro metrics of bootstrap_ci are those of cxr_lightning.evaluation.metrics (MACRO_METRICS);
 # ``auroc_findings`` (mean AUROC over the labels other than ``No Finding``) is only reported when
 # the label names contain ``No Finding``.
 
@@ -410,7 +410,7 @@ def bootstrap_ci(
         probs: ``(N, L)`` scores (numpy, torch or array-like).
         targets: ``(N, L)`` 0/1.
         thresholds: scalar or ``(L,)``; a label is predicted when ``prob >= threshold`` (as in
-            :func:`cxr_lightning.metrics.classification_metrics`). Kept FIXED across resamples
+            :func:`cxr_lightning.evaluation.metrics.classification_metrics`). Kept FIXED across resamples
             (choose them on validation data; re-tuning them on each resample is a different question).
         groups: ``(N,)`` cluster ids, normally patient ids (:func:`patient_ids_from_images`).
             ``None`` resamples single images (not recommended for the NIH test set, see module doc).

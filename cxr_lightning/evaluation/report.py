@@ -32,8 +32,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cxr_lightning.output_files import atomic_write_text, check_writable_folder
-from cxr_lightning.paper_results import (
+from cxr_lightning.evaluation.paper_results import (
     ALL_RUNS,
     FIGURE_1_RUNS,
     IMBALANCE_RUNS,
@@ -45,6 +44,7 @@ from cxr_lightning.paper_results import (
     TABLE_4,
     THRESHOLD_TABLES,
 )
+from cxr_lightning.output_files import atomic_write_text, check_writable_folder
 
 MISSING = "missing"
 BROKEN = "broken"
@@ -77,7 +77,7 @@ class Run:
 
     def predictions(self, part: str = "test"):
         """The run's ``<part>_predictions.csv`` (read once), or None (absent, or the run left out as broken)."""
-        from cxr_lightning.statistics import read_predictions
+        from cxr_lightning.evaluation.statistics import read_predictions
 
         if self.problem is not None:
             return None
@@ -95,7 +95,7 @@ class Run:
     def interval(self, group: str) -> dict | None:
         """Patient-bootstrap intervals of this run's test metrics at ``group``'s thresholds (cached)."""
         if group not in self._intervals:
-            from cxr_lightning.statistics import bootstrap_ci
+            from cxr_lightning.evaluation.statistics import bootstrap_ci
 
             predictions = self.predictions() if self.metrics is not None else None
             self._intervals[group] = None if predictions is None else bootstrap_ci(
@@ -153,7 +153,7 @@ def _read_config(path: Path) -> dict | None:
 
 def load_run(runs_dir: Path, name: str, n_resamples: int = 2000, seed: int = 0) -> Run:
     """The run in ``runs_dir/name``; its files are read and checked now, so a broken one is known before any table."""
-    from cxr_lightning.statistics import PredictionsFileError
+    from cxr_lightning.evaluation.statistics import PredictionsFileError
 
     folder = runs_dir / name
     run = Run(name, folder, None, None, n_resamples, seed)
@@ -245,7 +245,7 @@ def _aligned(a: Run, b: Run):
 
 
 def pairwise_tests(runs: dict[str, Run], n_resamples: int, seed: int) -> str:
-    from cxr_lightning.statistics import delong_multilabel, paired_bootstrap_test
+    from cxr_lightning.evaluation.statistics import delong_multilabel, paired_bootstrap_test
 
     _, columns = TABLE_3
     macro_rows, delong_parts = [], []
@@ -281,7 +281,7 @@ def pairwise_tests(runs: dict[str, Run], n_resamples: int, seed: int) -> str:
 
 
 def calibration_section(runs: dict[str, Run], figures_dir: Path, relative_to: Path) -> str:
-    from cxr_lightning.calibration import apply_temperature, calibration_table, fit_temperature, reliability_diagram
+    from cxr_lightning.evaluation.calibration import apply_temperature, calibration_table, fit_temperature, reliability_diagram
 
     rows, figures = [], []
     for name, title in FIGURE_1_RUNS:
@@ -327,8 +327,8 @@ def localization_section(runs: dict[str, Run]) -> str:
 
 def table_4() -> str:
     from cxr_lightning.data.metadata import packaged_file, read_metadata
+    from cxr_lightning.data.split_statistics import prevalence_table
     from cxr_lightning.data.splits import make_split
-    from cxr_lightning.data.stats import prevalence_table
 
     meta = read_metadata()
     split = make_split("paper", meta, packaged_file("train_val_list.txt.gz"), packaged_file("test_list.txt.gz"))
@@ -341,7 +341,7 @@ def table_4() -> str:
 
 
 def roc_figures(runs: dict[str, Run], figures_dir: Path, relative_to: Path) -> str:
-    from cxr_lightning.plots import plot_roc_curves
+    from cxr_lightning.evaluation.plots import plot_roc_curves
 
     parts = []
     for name, title in FIGURE_1_RUNS:

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, statistics (bootstrap, DeLong, Holm), calibration, plots and the report of the paper's tables."""

@@ -1,0 +1,1 @@
+"""Explanations: Grad-CAM and token maps, scored against NIH's bounding boxes."""
