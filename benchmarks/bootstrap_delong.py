@@ -26,13 +26,9 @@ import numpy as np
 
 from cxr_lightning.data.labels import LABELS, NO_FINDING
 from cxr_lightning.data.metadata import packaged_file
-from cxr_lightning.evaluation.statistics import (
-    bootstrap_ci,
-    delong_multilabel,
-    delong_test,
-    paired_bootstrap_test,
-    patient_ids_from_images,
-)
+from cxr_lightning.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_test
+from cxr_lightning.evaluation.delong import delong_multilabel, delong_test
+from cxr_lightning.evaluation.predictions_file import patient_ids_from_images
 
 # Rough NIH label frequencies (findings; No Finding = images without any).
 PREVALENCE = {

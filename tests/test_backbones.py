@@ -12,7 +12,7 @@ from torchvision.models import ResNet50_Weights, resnet50
 
 from cxr_lightning.models.beit import BeitBackbone, tiny_beit_config
 from cxr_lightning.models.cnn import CNNBackbone
-from cxr_lightning.models.resnet import HighResStem, ResNet50Backbone
+from cxr_lightning.models.resnet import HighResStem, ResNet50Backbone, resolve_resnet50_weights
 from cxr_lightning.models.weights import WeightsNotFoundError
 
 V2_FILE = "resnet50-11ad3fa6.pth"  # basename of ResNet50_Weights.IMAGENET1K_V2.url
@@ -102,6 +102,7 @@ def test_high_res_stem_arithmetic_and_shape() -> None:
     assert HighResStem.output_size(1024) == 244  # (1024-5)//2+1=510, (510-7)//2+1=252, 252-9+1=244
     assert HighResStem.output_size(256) == 52
     stem = HighResStem().eval()
+    assert (stem.scale, stem.shift) == (0.226, 0.449)  # the paper code's x * 0.226 + 0.449, unchanged
     with torch.no_grad():
         assert stem(torch.rand(1, 1, 1024, 1024)).shape == (1, 3, 244, 244)
         out = stem(torch.rand(2, 1, 100, 100))
@@ -123,7 +124,6 @@ def test_resnet_random_init_shapes() -> None:
         assert model(torch.randn(2, 3, 64, 64)).shape == (2, 2048)
     print(f"ResNet50Backbone parameters: {n_params(model):,}")
     assert n_params(model) == 23_508_032
-    assert model.pretrained_cfg["weights"] is None and model.pretrained_cfg["source"] is None
 
 
 def test_resnet_high_res_stem_grey_input() -> None:
@@ -132,8 +132,6 @@ def test_resnet_high_res_stem_grey_input() -> None:
     with torch.no_grad():
         assert model(torch.rand(1, 1, 256, 256)).shape == (1, 2048)
     assert n_params(model) == 23_508_032 + 29_929
-    assert model.pretrained_cfg["input_size"] == (1, 1024, 1024)
-    assert model.pretrained_cfg["stem_output_size"] == 244
 
 
 def test_resnet_unknown_weights_name() -> None:
@@ -145,15 +143,10 @@ def test_resnet_weights_path(random_resnet_file, tmp_path: Path, hub_dir: Path) 
     path, state = random_resnet_file
     model = ResNet50Backbone(weights="IMAGENET1K_V1", weights_path=path)
     assert_body_equals(model, state)
-    cfg = model.pretrained_cfg
-    assert cfg["source"] == str(path) and cfg["weights"] == "IMAGENET1K_V1"
-    assert cfg["mean"] == pytest.approx((0.485, 0.456, 0.406)) and cfg["std"] == pytest.approx((0.229, 0.224, 0.225))
-    assert cfg["input_size"] == (3, 224, 224) and cfg["resize_size"] == 256  # V1: resize 256, crop 224
 
-    # random init + weights_path: weights loaded, no preprocessing implied
+    # random init + weights_path: weights loaded
     model = ResNet50Backbone(weights=None, weights_path=str(path))
     assert_body_equals(model, state)
-    assert model.pretrained_cfg["mean"] is None
 
 
 def test_resnet_weights_path_other_fc_and_lightning_checkpoint(random_resnet_file, tmp_path: Path) -> None:
@@ -200,14 +193,9 @@ def test_resnet_loads_from_torchvision_cache_offline(random_resnet_file, hub_dir
 
     model = ResNet50Backbone()  # default IMAGENET1K_V2; download would raise (see _no_network)
     assert_body_equals(model, state)
-    cfg = model.pretrained_cfg
-    assert cfg["source"] == str(checkpoints / V2_FILE)
-    assert cfg["weights"] == "IMAGENET1K_V2" and cfg["file_name"] == V2_FILE
-    assert cfg["input_size"] == (3, 224, 224) and cfg["crop_size"] == 224 and cfg["resize_size"] == 232
-    assert cfg["mean"] == pytest.approx((0.485, 0.456, 0.406)) and cfg["interpolation"] == "bilinear"
-    assert cfg["num_classes"] == 1000
 
-    assert ResNet50Backbone(weights="DEFAULT").pretrained_cfg["weights"] == "IMAGENET1K_V2"
+    assert resolve_resnet50_weights("DEFAULT") is ResNet50_Weights.IMAGENET1K_V2
+    assert_body_equals(ResNet50Backbone(weights="DEFAULT"), state)  # found as the V2 file in the cache
 
 
 def test_resnet_missing_from_empty_cache(hub_dir: Path) -> None:
@@ -243,11 +231,10 @@ def test_beit_tiny_shapes_and_interpolation() -> None:
         # other input sizes: position encodings interpolated automatically
         assert model(torch.randn(2, 3, 48, 64)).shape == (2, 32)
     assert model.model.pooler is None  # add_pooling_layer=False
-    assert model.pretrained_cfg["input_size"] == (3, 32, 32)
     print(f"tiny BeitBackbone parameters: {n_params(model):,}")
 
     model = BeitBackbone(config=tiny_beit_config(use_absolute_position_embeddings=True), image_size=48).eval()
-    assert model.model.config.image_size == 48 and model.pretrained_cfg["input_size"] == (3, 48, 48)
+    assert model.model.config.image_size == 48
     with torch.no_grad():
         assert model(torch.randn(1, 3, 48, 48)).shape == (1, 32)
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 32)
@@ -257,17 +244,11 @@ def test_beit_save_and_load_directory(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = BeitBackbone(config=tiny_beit_config(use_relative_position_bias=True)).eval()
     model.model.save_pretrained(tmp_path / "tiny_beit")
-    (tmp_path / "tiny_beit" / "preprocessor_config.json").write_text(
-        '{"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6], "resample": 2}'
-    )
     loaded = BeitBackbone(pretrained=str(tmp_path / "tiny_beit")).eval()
     assert loaded.out_features == 32
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model(x), loaded(x), atol=1e-6)
-    cfg = loaded.pretrained_cfg
-    assert cfg["source"] == str(tmp_path / "tiny_beit")
-    assert cfg["mean"] == (0.1, 0.2, 0.3) and cfg["std"] == (0.4, 0.5, 0.6) and cfg["interpolation"] == "bilinear"
     # a Path object works too
     assert BeitBackbone(pretrained=tmp_path / "tiny_beit").out_features == 32
 

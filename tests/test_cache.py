@@ -21,17 +21,17 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as F
 
-from cxr_lightning.data import cache as cache_module
 from cxr_lightning.data.cache import (
     CacheBuildError,
     CachedChestXrayDataset,
     CacheLookupError,
-    add_prepare_arguments,
     build_cache,
     cached_collate,
     open_cache,
-    run_prepare,
 )
+from cxr_lightning.data.cache import decode as cache_decode
+from cxr_lightning.data.cache import format as cache_format
+from cxr_lightning.data.cache.prepare import add_prepare_arguments, run_prepare
 from cxr_lightning.data.dataset import ChestXrayDataset, DataNotFoundError
 from cxr_lightning.data.gpu_augment import BatchAugment
 from cxr_lightning.data.images import load_grey
@@ -88,13 +88,13 @@ class DecodeCounter:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.names: list[str] = []
-        original = cache_module.decode_resized
+        original = cache_decode.decode_resized
 
         def counted(path, size):
             self.names.append(Path(path).name)
             return original(path, size)
 
-        monkeypatch.setattr(cache_module, "decode_resized", counted)
+        monkeypatch.setattr(cache_decode, "decode_resized", counted)
 
 
 def test_cached_pixels_equal_the_per_sample_resize(mixed_root):
@@ -112,7 +112,7 @@ def test_cached_pixels_equal_the_per_sample_resize(mixed_root):
     index = json.loads((cache.path / "index.json").read_text())
     assert index["names"] == names and index["size"] == 32 and index["complete"] is True
     stat = os.stat(root / "images" / names[0])
-    assert index["source_size"][0] == stat.st_size and index["source_mtime_ns"][0] == stat.st_mtime_ns
+    assert tuple(np.load(cache.path / index["sources"])[0]) == (stat.st_size, stat.st_mtime_ns)
     np.testing.assert_array_equal(np.load(cache.path / index["array"]), np.asarray(cache.array))
 
 
@@ -202,11 +202,12 @@ def test_a_killed_build_resumes(tmp_path, monkeypatch):
         f"""
         import time
         from cxr_lightning.data import cache
-        original = cache.decode_resized
+        from cxr_lightning.data.cache import decode
+        original = decode.decode_resized
         def slow(path, size):
             time.sleep(0.05)
             return original(path, size)
-        cache.decode_resized = slow
+        decode.decode_resized = slow
         cache.build_cache({str(root)!r}, {names!r}, 32, workers=2, chunk_size=2, progress=False)
         """
     )
@@ -217,7 +218,7 @@ def test_a_killed_build_resumes(tmp_path, monkeypatch):
         done_before = 0
         while time.monotonic() < deadline and done_before < 10:
             time.sleep(0.05)
-            index = cache_module._read_index(folder)
+            index = cache_format.read_index(folder)
             if index is not None:
                 done_before = int((np.load(folder / index["done"]) == 1).sum())
         assert proc.poll() is None, "the build finished before it could be killed"
@@ -283,7 +284,7 @@ def test_skip_records_bad_images_in_the_report_and_index(mixed_root):
     cache = open_cache(root, 16)
     assert cache is not None and set(cache.bad) == set(broken)
     index = json.loads((cache.path / "index.json").read_text())
-    assert set(index["bad"]) == set(broken) and index["status"][len(names)] == "unreadable"
+    assert set(index["bad"]) == set(broken) and np.load(cache.path / index["done"])[len(names)] == cache_format.UNREADABLE
     assert len(cache.rows(names)) == len(names)
     with pytest.raises(CacheLookupError, match=r"truncated\.png") as info:
         cache.rows([names[0], "truncated.png", "never-listed.png"])
@@ -319,6 +320,103 @@ def test_duplicates_and_bad_arguments(mixed_root):
         build_cache(root, [], 16, workers=0, progress=False)
     with pytest.raises(ValueError, match="on_bad_image"):
         build_cache(root, names, 16, on_bad_image="ignore")
+
+
+# ----------------------------------------------------------------------------------------------
+# the index holds each fact once; older and foreign indexes are read right or not at all
+# ----------------------------------------------------------------------------------------------
+INDEX_KEYS = {"version", "size", "array", "done", "sources", "complete", "names", "bad"}
+
+
+def _index_with_copies(folder: Path) -> dict:
+    """The index as the writer before this format change left it: the arrays' facts copied into the JSON."""
+    index = json.loads((folder / "index.json").read_text())
+    done, sources = np.load(folder / index["done"]), np.load(folder / index["sources"])
+    names = {1: "ok", 2: "missing", 3: "unreadable"}
+    return {
+        **index,
+        "shape": [len(index["names"]), index["size"], index["size"]],
+        "dtype": "uint8",
+        "counts": {"cached": int((done == 1).sum()), "missing": int((done == 2).sum()), "unreadable": int((done == 3).sum())},
+        "status": [names.get(int(s), "todo") for s in done],
+        "source_size": sources[:, 0].tolist(),
+        "source_mtime_ns": sources[:, 1].tolist(),
+    }
+
+
+def test_the_index_keeps_no_copy_of_what_the_arrays_hold(mixed_root):
+    root, names = mixed_root
+    broken = _break_files(root / "images")
+    build_cache(root, names + list(broken), 16, workers=0, progress=False, on_bad_image="skip")
+    folder = root / "cache" / "16"
+    index = json.loads((folder / "index.json").read_text())
+    assert set(index) == INDEX_KEYS
+    done, sources = np.load(folder / index["done"]), np.load(folder / index["sources"])
+    assert {n for n, s in zip(index["names"], done) if s != cache_format.OK} == set(broken) == set(index["bad"])
+    for name, recorded in zip(names, sources):
+        stat = os.stat(root / "images" / name)
+        assert tuple(recorded) == (stat.st_size, stat.st_mtime_ns), name
+
+
+def test_a_cache_whose_index_still_copies_the_arrays_is_read_and_resumed_correctly(mixed_root, monkeypatch):
+    """Caches built before the index stopped copying the arrays (same version) read as they are; a rebuild drops the copies."""
+    root, names = mixed_root
+    broken = _break_files(root / "images")
+    build_cache(root, names + list(broken), 16, workers=0, progress=False, on_bad_image="skip")
+    folder = root / "cache" / "16"
+    (folder / "index.json").write_text(json.dumps(_index_with_copies(folder)))
+    cache = open_cache(root, 16)
+    assert cache is not None and set(cache.bad) == set(broken) and cache.missing(list(broken)) == list(broken)
+    for name, row in zip(names, cache.rows(names)):
+        np.testing.assert_array_equal(cache.array[row], expected_pixels(root / "images" / name, 16), err_msg=name)
+    assert cache.changed_sources(root) == []
+    Image.fromarray(np.full((30, 30), 255, np.uint8)).save(root / "images" / "synth_L.png")
+    assert open_cache(root, 16).changed_sources(root) == ["synth_L.png"]
+    counter = DecodeCounter(monkeypatch)
+    report = build_cache(root, names + list(broken), 16, workers=0, progress=False, on_bad_image="skip")
+    # the changed image and the unreadable ones are decoded again (absent.png has no file to decode)
+    assert sorted(counter.names) == sorted(["synth_L.png", "empty.png", "truncated.png", "text.png"])
+    assert report.complete and set(json.loads((folder / "index.json").read_text())) == INDEX_KEYS  # no stale copies left
+    cache = open_cache(root, 16)
+    assert cache.changed_sources(root) == [] and (cache.array[cache.rows(["synth_L.png"])[0]] == 255).all()
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None])
+def test_an_index_of_another_version_is_no_cache_and_is_rebuilt(mixed_root, monkeypatch, version):
+    root, names = mixed_root
+    build_cache(root, names, 16, workers=0, progress=False)
+    folder = root / "cache" / "16"
+    index = json.loads((folder / "index.json").read_text())
+    old_array = index["array"]
+    (folder / "index.json").write_text(json.dumps({**index, "version": version}))
+    assert open_cache(root, 16) is None
+    counter = DecodeCounter(monkeypatch)
+    report = build_cache(root, names, 16, workers=0, progress=False)
+    assert report.decoded == len(names) and sorted(counter.names) == sorted(names)  # decoded from the PNGs, nothing trusted
+    assert not (folder / old_array).exists()
+    cache = open_cache(root, 16)
+    for name, row in zip(names, cache.rows(names)):
+        np.testing.assert_array_equal(cache.array[row], expected_pixels(root / "images" / name, 16), err_msg=name)
+
+
+def test_a_row_an_interrupted_rebuild_left_unreadable_is_not_served(mixed_root):
+    """A complete cache whose image turned unreadable, rebuilt and stopped before the index was rewritten:
+    the index still says complete with no bad image, but done marks the row, so its old pixels are not served."""
+    root, names = mixed_root
+    build_cache(root, names, 16, workers=0, progress=False)
+    (root / "images" / "synth_L.png").write_bytes(b"not a png any more")
+    with pytest.raises(RuntimeError, match="stop"):
+        build_cache(root, names, 16, workers=0, progress=False, on_chunk=_stop_after(1))
+    index = json.loads((root / "cache" / "16" / "index.json").read_text())
+    assert index["complete"] is True and index["bad"] == {}  # what the index alone would claim
+    cache = open_cache(root, 16)
+    assert "synth_L.png" not in cache and cache.missing(names) == ["synth_L.png"]
+    with pytest.raises(CacheLookupError, match=r"synth_L\.png"):
+        cache.rows(names)
+    assert cache.changed_sources(root) == []
+    others = [n for n in names if n != "synth_L.png"]
+    for name, row in zip(others, cache.rows(others)):
+        np.testing.assert_array_equal(cache.array[row], expected_pixels(root / "images" / name, 16), err_msg=name)
 
 
 def sample_tables(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -370,7 +468,8 @@ def test_cache_path_augments_each_sample_like_the_png_path(mixed_root, augmentat
     labels, metadata = sample_tables(names)
     cached = CachedChestXrayDataset(open_cache(root, 32), names, labels, metadata, seed=7, augmentation=augmentation)
     png = ChestXrayDataset([root / "images" / n for n in names], labels, metadata, ImageTransform(32, 1, "none", augmentation), seed=7)
-    device_side = BatchAugment.from_augmentation(augmentation, channels=1, normalization="none")
+    a = augmentation
+    device_side = BatchAugment(a.rotation_degrees, a.brightness, a.contrast, channels=1, normalization="none")
     for epoch in (0, 3):
         cached.epoch.fill_(epoch)
         png.epoch.fill_(epoch)

@@ -102,3 +102,41 @@ def test_reliability_diagram_writes_png(tmp_path):
     out = reliability_diagram(probs, targets, [f"L{j}" for j in range(7)], path, n_bins=10, ncols=4)
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
+    """Drawing must not switch the user's backend (old plots.py called matplotlib.use("Agg"))."""
+    import matplotlib
+    from PIL import Image
+
+    from cxr_lightning.evaluation.plots import plot_roc_curves
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # a non-interactive backend that works headless and is not Agg
+    try:
+        probs, targets = calibrated(n=500, num_labels=4)
+        roc = plot_roc_curves(probs, targets, ["a", "b", "c", "d"], tmp_path / "roc.png")
+        reliability = reliability_diagram(probs, targets, ["a", "b", "c", "d"], tmp_path / "reliability.png")
+        nothing = plot_roc_curves(np.zeros((0, 4)), np.zeros((0, 4)), ["a", "b", "c", "d"], tmp_path / "empty.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    for path in (roc, reliability, nothing):
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 0 and image.height > 0
+
+
+def test_ece_keeps_a_probability_of_one_in_the_closed_last_bin_and_agrees_with_the_curve():
+    # 2 bins: 0.6 (positive) and 1.0 (negative) share the last bin [.5, 1]: mean .8, 1 positive of 2
+    # -> ECE .3. torchmetrics alone would give 1.0 a bin of its own ([1, 1]) and report .2 + .5 = .7.
+    ece = expected_calibration_error(np.array([0.6, 1.0]), np.array([1, 0]), n_bins=2)
+    assert ece[0] == pytest.approx(0.3, abs=1e-12)
+    # Values on the bin edges (and at 0 and 1): the ECE and the reliability curve bin them alike.
+    rng = np.random.default_rng(3)
+    for n_bins in (2, 5, 10, 15, 20):
+        probs = rng.integers(0, n_bins + 1, size=(400, 3)) / n_bins
+        targets = (rng.random((400, 3)) < 0.5).astype(int)
+        curve = reliability_curve(probs, targets, n_bins)
+        gap = np.abs(np.nan_to_num(curve["frac_pos"]) - np.nan_to_num(curve["mean_prob"]))
+        from_curve = (curve["count"] * gap).sum(axis=1) / curve["count"].sum(axis=1)
+        np.testing.assert_allclose(expected_calibration_error(probs, targets, n_bins), from_curve, atol=1e-12)

@@ -18,7 +18,7 @@ from cxr_lightning.checkpoint import load_classifier
 from cxr_lightning.data import ChestXrayDataModule
 from cxr_lightning.data.transforms import normalization_stats
 from cxr_lightning.inference.export import export_model, sidecar_path
-from cxr_lightning.inference.export import main as export_main
+from cxr_lightning.inference.export_command import main as export_main
 from cxr_lightning.models import BaselineCNN, BEiTClassifier, ResNet50Classifier
 from cxr_lightning.models.beit import tiny_beit_config
 

@@ -174,4 +174,3 @@ def test_shape_and_dtype_errors():
         BatchNormalize()(torch.zeros(2, 1, 8, 8, dtype=torch.int32))
     with pytest.raises(ValueError, match="channels must be 1 or 3"):
         BatchNormalize(2)
-    assert BatchAugment.from_augmentation(Augmentation(5, 0.2, 0.3), channels=1).contrast == 0.3

@@ -24,7 +24,8 @@ from cxr_lightning.data.cache import decode_resized, open_cache
 from cxr_lightning.data.commands import main as data_main
 from cxr_lightning.data.dataset import has_images, index_images
 from cxr_lightning.data.images import ImageDecodeError, load_grey
-from cxr_lightning.inference.predict import Predictor, resolve_inputs, skipped_csv_path
+from cxr_lightning.inference.inputs import resolve_inputs
+from cxr_lightning.inference.predictor import Predictor, skipped_csv_path
 from cxr_lightning.models import BaselineCNN
 
 

@@ -114,7 +114,7 @@ def test_build_loss_names_and_constructor_shape():
     assert isinstance(focal, FocalLoss) and focal.gamma == 1.0
     torch.testing.assert_close(focal.pos_weight, torch.tensor([1.0, 2.0, 3.0]))
     assert "pos_weight" in dict(focal.named_buffers())
-    asl = build_loss("ASL", 3, None, clip=0.1)
+    asl = build_loss("asymmetric", 3, None, clip=0.1)
     assert isinstance(asl, AsymmetricLoss) and asl.clip == 0.1
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("hinge", 3)

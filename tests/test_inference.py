@@ -16,10 +16,13 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 from cxr_lightning.checkpoint import load_classifier  # noqa: E402
 from cxr_lightning.data import ChestXrayDataModule  # noqa: E402
-from cxr_lightning.data.dicom import is_dicom_file, load_dicom_grey, parse_dicom_age  # noqa: E402
+from cxr_lightning.data.dicom import is_dicom_file, load_dicom_grey  # noqa: E402
+from cxr_lightning.data.fields import parse_age as parse_dicom_age  # noqa: E402
 from cxr_lightning.data.images import ImageDecodeError, load_grey  # noqa: E402
-from cxr_lightning.inference.predict import Predictor, read_metadata_table, resolve_inputs  # noqa: E402
-from cxr_lightning.inference.predict import main as predict_main
+from cxr_lightning.inference.inputs import resolve_inputs  # noqa: E402
+from cxr_lightning.inference.metadata_table import read_metadata_table  # noqa: E402
+from cxr_lightning.inference.predict_command import main as predict_main  # noqa: E402
+from cxr_lightning.inference.predictor import Predictor  # noqa: E402
 from cxr_lightning.models import BaselineCNN  # noqa: E402
 
 

@@ -390,6 +390,26 @@ def test_collector_validates_inputs() -> None:
         collector.update(torch.rand(2, 15), torch.zeros(2, 15), torch.arange(2.0))
 
 
+def test_an_epoch_of_only_skipped_batches_scores_nan_with_a_warning() -> None:
+    """Every batch empty (all images skipped): (0, L) predictions, NaN metrics and a warning, no crash."""
+    collector = PredictionCollector(num_labels=15)
+    for _ in range(3):  # what an all-skipped evaluation batch collects
+        collector.update(torch.empty(0, 15), torch.empty(0, 15), torch.empty(0, dtype=torch.long))
+    epoch = collector.compute()
+    assert epoch.probs.shape == (0, 15) and epoch.targets.shape == (0, 15)
+    thresholds = torch.linspace(0.1, 0.9, 15)
+    with pytest.warns(UserWarning, match="no samples to score: every metric is NaN"):
+        metrics = classification_metrics(epoch.probs, epoch.targets, thresholds, LABELS)
+    assert all(math.isnan(metrics[name]) for name in MACRO_METRICS)
+    assert set(metrics["per_label"]) == set(LABELS)
+    for i, name in enumerate(LABELS):
+        row = metrics["per_label"][name]
+        assert row["positives"] == 0 and row["threshold"] == pytest.approx(float(thresholds[i]))
+        assert all(math.isnan(row[key]) for key in ("auroc", "f1", "precision", "recall"))
+    assert "nan" in format_metrics_table({"empty": metrics})
+    assert best_f1_thresholds(epoch.probs, epoch.targets).tolist() == [0.5] * 15
+
+
 def test_collector_feeds_metrics_end_to_end(predictions) -> None:
     probs, targets = predictions
     collector = PredictionCollector(num_labels=15)

@@ -11,7 +11,9 @@ import pandas as pd
 
 from cxr_lightning.cli import main
 from cxr_lightning.data.labels import LABELS
+from cxr_lightning.evaluation.delong import delong_test
 from cxr_lightning.evaluation.paper_results import ALL_RUNS
+from cxr_lightning.evaluation.predictions_file import read_predictions
 
 METRICS = {"recall_macro": 0.41234, "precision_macro": 0.3, "f1_macro": 0.31, "auroc_macro": 0.77777, "auroc_findings": 0.76, "exact_match": 0.2}
 
@@ -54,8 +56,6 @@ def test_report_fills_cells_with_ours_and_the_papers_and_marks_missing_runs(tmp_
 
 
 def test_pairwise_tests_and_calibration_use_the_runs_predictions(tmp_path):
-    from cxr_lightning.evaluation.statistics import delong_test, read_predictions
-
     runs = tmp_path / "runs"
     for seed, name in enumerate(("cnn", "resnet_log_conv", "beit_model4")):
         fake_run(runs / name, tuned=METRICS, default=METRICS, seed=seed)
@@ -74,8 +74,6 @@ def test_pairwise_tests_and_calibration_use_the_runs_predictions(tmp_path):
 
 
 def test_runs_that_skipped_different_images_are_compared_on_the_images_they_share(tmp_path):
-    from cxr_lightning.evaluation.statistics import delong_test, read_predictions
-
     runs = tmp_path / "runs"
     for seed, name in enumerate(("cnn", "resnet_log_conv", "beit_model4")):
         fake_run(runs / name, tuned=METRICS, default=METRICS, seed=seed)

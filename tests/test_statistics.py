@@ -1,4 +1,4 @@
-"""Patient-cluster bootstrap, paired bootstrap test, DeLong and Holm (cxr_lightning.evaluation.statistics)."""
+"""Patient-cluster bootstrap, paired bootstrap test, DeLong and Holm (cxr_lightning.evaluation.bootstrap, .delong), and the predictions file."""
 
 from __future__ import annotations
 
@@ -8,25 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy.stats import norm, rankdata
+from scipy.stats import norm
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from cxr_lightning.data.labels import LABELS, NO_FINDING
+from cxr_lightning.evaluation.bootstrap import bootstrap_ci, draw_cluster_resamples, paired_bootstrap_test
+from cxr_lightning.evaluation.delong import _fast_delong, delong_multilabel, delong_test, holm_adjust
 from cxr_lightning.evaluation.metrics import classification_metrics
-from cxr_lightning.evaluation.statistics import (
-    _fast_delong,
-    _midranks,
-    bootstrap_ci,
-    ci_table,
-    delong_auc_ci,
-    delong_multilabel,
-    delong_test,
-    draw_cluster_resamples,
-    holm_adjust,
-    paired_bootstrap_test,
-    patient_ids_from_images,
-    read_predictions,
-)
+from cxr_lightning.evaluation.predictions_file import patient_ids_from_images, read_predictions
 
 MACRO = ("auroc_macro", "auroc_findings", "f1_macro", "precision_macro", "recall_macro", "exact_match")
 
@@ -159,9 +148,6 @@ def test_intervals_contain_point_estimate_and_table():
     assert ((per_label["lower"] <= per_label["auroc"]) & (per_label["auroc"] <= per_label["upper"])).all()
     assert "auroc_findings" not in result["estimate"]  # no "No Finding" among the 4 default names
     assert result["n_resamples"] == 300 and result["seed"] == 0 and result["n_groups"] == 80
-    table = ci_table(result, digits=4)
-    assert list(table.columns) == ["estimate", "lower", "upper"]
-    assert set(table.index) == set(result["estimate"])
 
 
 def test_bootstrap_is_deterministic_by_seed_and_accepts_torch():
@@ -247,12 +233,6 @@ def test_paired_bootstrap_identical_models():
 # --------------------------------------------------------------------------------------------------
 # DeLong
 # --------------------------------------------------------------------------------------------------
-
-
-def test_midranks_equal_scipy_average_ranks():
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 10, size=(3, 200)).astype(float)
-    np.testing.assert_array_equal(_midranks(x), np.stack([rankdata(r, method="average") for r in x]))
 
 
 def direct_delong(scores, positive):
@@ -384,23 +364,18 @@ def test_delong_matches_proc_roc_test_on_asah(asah, first, second, z, p, lo, hi)
     assert rev.z == pytest.approx(-z, rel=1e-10) and rev.p_value == pytest.approx(p, rel=1e-10)
 
 
-def test_delong_identical_predictions_and_single_auc_ci():
+def test_delong_identical_predictions_and_bad_inputs():
     rng = np.random.default_rng(3)
     y = (rng.random(300) < 0.4).astype(int)
     s = rng.normal(size=300) + y
     same = delong_test(s, s, y)
     assert same.diff == 0 and same.z == 0 and same.p_value == 1.0
-    auc, se, lo, hi = delong_auc_ci(s, y)
-    assert auc == pytest.approx(roc_auc_score(y, s))
-    assert lo < auc < hi and hi - lo == pytest.approx(2 * norm.ppf(0.975) * se)
     with pytest.raises(ValueError, match="single class"):
         delong_test(s, s, np.zeros(300, int))
     with_nan = s.copy()
     with_nan[5] = np.nan
     with pytest.raises(ValueError, match="scores 1 contain NaN"):
         delong_test(with_nan, s, y)
-    with pytest.raises(ValueError, match="scores 1 contain NaN"):
-        delong_auc_ci(with_nan, y)
     with pytest.raises(ValueError, match="0/1"):
         delong_test(s, s, y * 2)
 

@@ -436,3 +436,56 @@ def test_ddp_with_many_unreadable_images_neither_fails_nor_hangs(synthetic_root,
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["num_images"] == len(test_names - corrupt)
     assert f"[test]: {len(test_names & corrupt)} unreadable images skipped" in done.stderr
+
+
+def test_evaluations_whose_every_image_is_unreadable_report_nan_metrics(synthetic_root, tmp_path):
+    """on_bad_image=skip with no readable image at all: fit, validation and test finish with NaN metrics."""
+    import shutil
+    import warnings
+
+    root = tmp_path / "nih"
+    shutil.copytree(synthetic_root, root)
+    for path in (root / "images").glob("*.png"):
+        path.write_bytes(b"not a png")
+    run = tmp_path / "run"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["fit", *cli_args(root, run, "--test_after_fit=true", "--data.on_bad_image=skip")])
+    said = [str(w.message) for w in caught]
+    assert any(m.startswith("[val] epoch 0: no readable image to score") for m in said), said
+    assert any(m.startswith("[test]: no readable image to score") for m in said), said
+    assert json.loads((run / "thresholds.json").read_text())["num_images"] == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["num_images"] == 0
+    assert metrics["tuned"]["auroc_macro"] is None and metrics["default"]["f1_macro"] is None  # NaN in JSON
+    assert (run / "roc_curves.png").stat().st_size > 0
+
+
+def test_an_abbreviated_option_is_refused_not_taken_for_the_full_one(capsys):
+    """argparse's prefix matching took --trainer.max_epoch for --trainer.max_epochs without a word."""
+    with pytest.raises(SystemExit) as refused:
+        main(["fit", "--config", "demo.yaml", "--trainer.max_epoch", "1", "--print_config"])
+    assert refused.value.code == 2
+    assert "unrecognized arguments: --trainer.max_epoch 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as printed:
+        main(["fit", "--config", "demo.yaml", "--trainer.max_epochs", "1", "--print_config"])
+    assert printed.value.code in (0, None)
+    assert yaml.safe_load(capsys.readouterr().out)["trainer"]["max_epochs"] == 1
+
+
+@pytest.mark.parametrize(
+    "command, abbreviated",
+    [
+        (["data", "stats"], "--decimal"),  # --decimals
+        (["data", "synth", "--out", "x"], "--num-image"),  # --num-images
+        (["report"], "--run"),  # --runs
+        (["predict-files", "--checkpoint", "c.ckpt", "--images", "a.png", "--out", "p.csv"], "--batch"),  # --batch-size
+        (["export", "--checkpoint", "c.ckpt", "--out", "m.onnx"], "--ops"),  # --opset
+        (["explain", "--checkpoint", "c.ckpt", "--images", "a.png", "--out", "x"], "--tol"),  # --tolerance
+    ],
+)
+def test_every_command_refuses_abbreviated_options(command, abbreviated, capsys):
+    with pytest.raises(SystemExit) as refused:
+        main([*command, abbreviated, "3"])
+    assert refused.value.code == 2
+    assert f"unrecognized arguments: {abbreviated} 3" in capsys.readouterr().err

@@ -50,6 +50,10 @@ class CXRLightningCLI(LightningCLI):
         kwargs.setdefault("trainer_defaults", {"plugins": {"class_path": "cxr_lightning.checkpoint.AtomicCheckpointIO"}})
         kwargs.setdefault("save_config_callback", SaveConfigToLoggers)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        # No prefix matching: argparse would take a mistyped --trainer.max_epoch for max_epochs. The main
+        # parser and each subcommand's are separate parsers, so each is told.
+        no_abbreviations = {"allow_abbrev": False}
+        kwargs.setdefault("parser_kwargs", {**no_abbreviations, **{name: dict(no_abbreviations) for name in self.subcommands()}})
         self._run_lock: RunFolderLock | None = None
         try:
             super().__init__(CXRClassifier, ChestXrayDataModule, *args, **kwargs)

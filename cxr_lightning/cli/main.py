@@ -22,7 +22,7 @@ import warnings
 from cxr_lightning.cli.configs import resolve_config_args, shipped_config_names
 from cxr_lightning.cli.errors import exit_on_user_error
 
-STANDALONE_COMMANDS = {"predict-files": "cxr_lightning.inference.predict", "export": "cxr_lightning.inference.export", "explain": "cxr_lightning.explain.gradcam"}
+STANDALONE_COMMANDS = {"predict-files": "cxr_lightning.inference.predict_command", "export": "cxr_lightning.inference.export_command", "explain": "cxr_lightning.explain.command"}
 
 
 def main(args: list[str] | None = None) -> int:
@@ -39,7 +39,7 @@ def main(args: list[str] | None = None) -> int:
     # `predict --checkpoint CKPT --images ...` predicts on image files from a checkpoint alone;
     # `predict --config ... --ckpt_path ...` is LightningCLI's, on the configured data.
     if args and (args[0] in STANDALONE_COMMANDS or (args[0] == "predict" and any(a.startswith("--images") for a in args))):
-        module = STANDALONE_COMMANDS.get(args[0], "cxr_lightning.inference.predict")
+        module = STANDALONE_COMMANDS.get(args[0], "cxr_lightning.inference.predict_command")
         return exit_on_user_error(importlib.import_module(module).main, args[1:])
     if args[:1] == ["predict"] and any(a in ("-h", "--help") for a in args):
         print("cxr-lightning predict has two modes:\n"

@@ -1,4 +1,7 @@
-"""``cxr-lightning data ...``: split statistics, split files, synthetic data and the NIH download."""
+"""``cxr-lightning data ...``: the parser and the split statistics, split files and synthetic data commands.
+
+``prepare`` is :mod:`cxr_lightning.data.cache.prepare`, ``download`` :mod:`cxr_lightning.data.download`.
+"""
 
 from __future__ import annotations
 
@@ -6,38 +9,22 @@ import argparse
 import sys
 from pathlib import Path
 
-from cxr_lightning.data.argument_types import closed_fraction, open_fraction
+from cxr_lightning.data.cache.prepare import add_prepare_arguments, run_prepare_checked
+from cxr_lightning.data.download import add_download_arguments, run_download
 from cxr_lightning.data.labels import label_names
-from cxr_lightning.data.metadata import TEST_LIST, TRAIN_VAL_LIST, find_image_list, find_metadata_csv, read_metadata
-from cxr_lightning.data.splits import PAPER_SEED, PAPER_VAL_FRACTION, PARTS, Split, make_split
+from cxr_lightning.data.metadata import find_metadata_csv, read_metadata
+from cxr_lightning.data.split_arguments import add_split_arguments, split_from_args
+from cxr_lightning.data.split_statistics import format_csv, format_markdown, prevalence_table
+from cxr_lightning.data.splits import PARTS
+from cxr_lightning.data.synthetic import generate_synthetic_dataset
 from cxr_lightning.output_files import atomic_outputs, atomic_write_text, check_writable_folder
 
 
-def _add_split_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--split", choices=("paper", "official", "patient"), default="paper", help="which split (default: paper)")
+def _add_table_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``stats`` and ``split``: the split, the data root it is read from, the bad-value policy."""
+    add_split_arguments(parser)
     parser.add_argument("--root", type=Path, default=None, help="data root whose metadata CSV and list files to use (default: the packaged NIH files)")
-    parser.add_argument("--metadata-csv", type=Path, default=None, help="metadata CSV (overrides --root)")
-    parser.add_argument("--train-val-list", type=Path, default=None, help="official train_val list (overrides --root)")
-    parser.add_argument("--test-list", type=Path, default=None, help="official test list (overrides --root)")
-    parser.add_argument("--val-fraction", type=open_fraction, default=PAPER_VAL_FRACTION, help="official split: patient fraction of train_val for validation")
-    parser.add_argument("--seed", type=int, default=PAPER_SEED, help="official/patient split seed")
-    parser.add_argument("--fractions", type=closed_fraction, nargs=3, default=(0.7, 0.1, 0.2), metavar=("TRAIN", "VAL", "TEST"), help="patient split: patient fractions")
-    parser.add_argument("--stratify", action="store_true", help="patient split: stratify patients by their rarest finding")
     parser.add_argument("--bad-values", choices=("missing", "error"), default="missing", help="policy for bad ages/sexes/views")
-
-
-def split_from_args(args: argparse.Namespace, meta) -> Split:
-    """The split the options of :func:`_add_split_arguments` describe."""
-    return make_split(
-        args.split,
-        meta,
-        args.train_val_list or find_image_list(args.root, TRAIN_VAL_LIST),
-        args.test_list or find_image_list(args.root, TEST_LIST),
-        val_fraction=args.val_fraction,
-        seed=args.seed,
-        fractions=tuple(args.fractions),
-        stratify=args.stratify,
-    )
 
 
 def _load(args: argparse.Namespace):
@@ -48,8 +35,6 @@ def _load(args: argparse.Namespace):
 
 
 def run_stats(args: argparse.Namespace) -> int:
-    from cxr_lightning.data.split_statistics import format_csv, format_markdown, prevalence_table
-
     if args.out:
         check_writable_folder(Path(args.out).parent, "the table")
     meta, split = _load(args)
@@ -76,8 +61,6 @@ def run_split(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from cxr_lightning.data.synthetic import generate_synthetic_dataset
-
     check_writable_folder(args.out, "the synthetic dataset")
     summary = generate_synthetic_dataset(args.out, args.num_images, args.image_size, args.seed)
     print(format_synthetic_summary(summary))
@@ -100,46 +83,35 @@ def format_synthetic_summary(summary) -> str:
     return "\n".join(lines)
 
 
-def run_prepare_checked(args: argparse.Namespace) -> int:
-    """``data prepare``, after proving its cache folder writable: a read-only disk stops it in one line, not after decoding."""
-    from cxr_lightning.data.cache import default_cache_dir, run_prepare
-
-    check_writable_folder(args.out or default_cache_dir(args.root, args.size), "the image cache")
-    return run_prepare(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from cxr_lightning.data.cache import add_prepare_arguments
-    from cxr_lightning.data.download import add_download_arguments, run_download
-
-    parser = argparse.ArgumentParser(prog="cxr-lightning data", description="NIH ChestX-ray14 data commands")
+    parser = argparse.ArgumentParser(prog="cxr-lightning data", description="NIH ChestX-ray14 data commands", allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    stats = commands.add_parser("stats", help="percent of positive images per label and split part (the paper's Table 4)")
-    _add_split_arguments(stats)
+    stats = commands.add_parser("stats", help="percent of positive images per label and split part (the paper's Table 4)", allow_abbrev=False)
+    _add_table_arguments(stats)
     stats.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     stats.add_argument("--decimals", type=int, default=2)
     stats.add_argument("--findings-only", action="store_true", help="the 14 findings, without No Finding")
     stats.add_argument("--out", type=Path, default=None, help="write to this file instead of standard output")
     stats.set_defaults(run=run_stats)
 
-    split = commands.add_parser("split", help="write train.txt, val.txt and test.txt (image names)")
-    _add_split_arguments(split)
+    split = commands.add_parser("split", help="write train.txt, val.txt and test.txt (image names)", allow_abbrev=False)
+    _add_table_arguments(split)
     split.add_argument("--out", type=Path, required=True, help="output folder")
     split.set_defaults(run=run_split)
 
-    synth = commands.add_parser("synth", help="write a synthetic dataset in the NIH layout")
+    synth = commands.add_parser("synth", help="write a synthetic dataset in the NIH layout", allow_abbrev=False)
     synth.add_argument("--out", type=Path, required=True, help="output folder")
     synth.add_argument("--num-images", type=int, default=2000)
     synth.add_argument("--image-size", type=int, default=64)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=run_synth)
 
-    prepare = commands.add_parser("prepare", help="decode the images once into a resumable uint8 memmap cache of one size")
+    prepare = commands.add_parser("prepare", help="decode the images once into a resumable uint8 memmap cache of one size", allow_abbrev=False)
     add_prepare_arguments(prepare)
     prepare.set_defaults(run=run_prepare_checked)
 
-    download = commands.add_parser("download", help="download and extract the 12 NIH image archives (about 45 GB)")
+    download = commands.add_parser("download", help="download and extract the 12 NIH image archives (about 45 GB)", allow_abbrev=False)
     add_download_arguments(download)
     download.set_defaults(run=run_download)
     return parser

@@ -32,7 +32,7 @@ from cxr_lightning.data.metadata import (
     read_metadata,
 )
 from cxr_lightning.data.sampling import RareFindingSampler, rare_finding_weights
-from cxr_lightning.data.splits import PARTS, Split, SplitName, make_split
+from cxr_lightning.data.splits import PAPER_SEED, PAPER_VAL_FRACTION, PARTS, PATIENT_FRACTIONS, Split, SplitName, make_split
 from cxr_lightning.data.transforms import Augmentation, ImageTransform, normalization_stats
 
 #: The smallest input every shipped backbone still reduces to a feature map (the baseline CNN pools
@@ -160,9 +160,9 @@ class ChestXrayDataModule(L.LightningDataModule):
         self,
         data_root: str | Path = "data/nih",
         split: SplitName = "paper",
-        val_fraction: float = 0.15,
-        seed: int = 100,
-        fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+        val_fraction: float = PAPER_VAL_FRACTION,
+        seed: int = PAPER_SEED,
+        fractions: tuple[float, float, float] = PATIENT_FRACTIONS,
         stratify: bool = False,
         metadata_csv: str | Path | None = None,
         train_val_list: str | Path | None = None,

@@ -37,14 +37,13 @@ syntaxes decode only if pydicom has a decoder for them installed (``pylibjpeg``,
 
 Tags: ``PatientAge`` (DICOM AS, e.g. ``058Y``, ``006M``, ``010W``, ``003D``, converted to years;
 NaN when absent, malformed or above 120), ``PatientSex`` (``M``/``F``, else ``''``) and
-``ViewPosition`` (``PA``/``AP``, else ``''``; laterals etc. are unknown to the models).
+``ViewPosition`` (``PA``/``AP``, else ``''``; laterals etc. are unknown to the models), read by
+the field parsers of :mod:`cxr_lightning.data.fields` that the metadata CSV readers use too.
 """
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -52,15 +51,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from cxr_lightning.data.fields import parse_age, parse_sex, parse_view
 from cxr_lightning.data.image_files import unreadable_reason
 from cxr_lightning.data.images import MAX_IMAGE_PIXELS, ImageDecodeError
 
-__all__ = ["DICOM_SUFFIXES", "is_dicom_file", "load_dicom_grey", "parse_dicom_age", "dicom_tags"]
+__all__ = ["DICOM_SUFFIXES", "is_dicom_file", "load_dicom_grey", "dicom_tags"]
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-MAX_AGE_YEARS = 120
-_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])?\s*$", re.IGNORECASE)
-_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 
 def is_dicom_file(path: str | Path) -> bool:
@@ -78,39 +75,13 @@ def is_dicom_file(path: str | Path) -> bool:
         return False
 
 
-def parse_dicom_age(value: Any) -> float:
-    """A DICOM Age String (``'058Y'``, ``'006M'``, ``'010W'``, ``'003D'``) or a plain number -> years; NaN if unusable."""
-    if value is None:
-        return math.nan
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        years = float(value)
-    else:
-        text = str(value).strip()
-        match = _AGE.match(text)
-        if match is not None:
-            years = int(match.group(1)) * _AGE_UNIT_YEARS[(match.group(2) or "Y").upper()]
-        else:
-            try:
-                years = float(text)
-            except ValueError:
-                return math.nan
-    if math.isnan(years):
-        return math.nan
-    return years if 0 <= years <= MAX_AGE_YEARS else math.nan
-
-
-def _category(value: Any, allowed: tuple[str, ...]) -> str:
-    text = str(value or "").strip().upper()
-    return text if text in allowed else ""
-
-
 def dicom_tags(ds: Any) -> dict[str, Any]:
     """``{'age': years or NaN, 'sex': 'M'/'F'/'', 'view': 'PA'/'AP'/''}`` plus which tags were present."""
     present = [name for name in ("PatientAge", "PatientSex", "ViewPosition") if str(ds.get(name, "") or "").strip()]
     return {
-        "age": parse_dicom_age(ds.get("PatientAge", None)),
-        "sex": _category(ds.get("PatientSex", ""), ("M", "F")),
-        "view": _category(ds.get("ViewPosition", ""), ("PA", "AP")),
+        "age": parse_age(ds.get("PatientAge", None)),
+        "sex": parse_sex(ds.get("PatientSex", "")),
+        "view": parse_view(ds.get("ViewPosition", "")),
         "present": present,
     }
 

@@ -18,9 +18,11 @@ Positive-class weights (``pos_weight`` of ``BCEWithLogitsLoss``; N train images,
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -85,6 +87,21 @@ class MetadataEncoder:
             else:
                 columns = [age_z, sex == "M", sex == "F", view == "PA", view == "AP"]
         return np.stack([np.asarray(c, dtype=np.float32) for c in columns], axis=1)
+
+
+def metadata_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The ``age``/``sex``/``view`` frame :meth:`MetadataEncoder.encode` takes, from ``[{'age', 'sex', 'view'}, ...]``.
+
+    A missing or ``None`` age is NaN (imputed by the encoder), a missing or empty sex or view ``''`` (unknown).
+    """
+    rows = list(rows)
+    return pd.DataFrame(
+        {
+            "age": [math.nan if row.get("age") is None else float(row["age"]) for row in rows],
+            "sex": [row.get("sex") or "" for row in rows],
+            "view": [row.get("view") or "" for row in rows],
+        }
+    )
 
 
 def positive_class_weights(

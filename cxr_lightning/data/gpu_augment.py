@@ -192,11 +192,6 @@ class BatchAugment(BatchNormalize):
         self.contrast = float(contrast)
         self.generator = generator
 
-    @classmethod
-    def from_augmentation(cls, augmentation, channels: int = 3, normalization: str = "imagenet", generator=None) -> BatchAugment:
-        """From a per-sample :class:`~cxr_lightning.data.transforms.Augmentation`."""
-        return cls(augmentation.rotation_degrees, augmentation.brightness, augmentation.contrast, channels, normalization, generator)
-
     def sample_params(self, batch_size: int, device: torch.device | str | None = None, generator: torch.Generator | None = None) -> AugmentParams:
         generator = generator if generator is not None else self.generator
         draw_device = generator.device if generator is not None else (device or "cpu")

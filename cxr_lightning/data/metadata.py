@@ -7,12 +7,13 @@ they are used whenever a data root has no copies of its own. The 2017 file is ac
 Bad values follow one policy, chosen by ``bad_values``:
 
 * ``"missing"`` (default): an age that is non-numeric or outside 0..120 years, a sex other than
-  M/F and a view other than PA/AP become missing (NaN / ``""``); every such change is counted in
-  :class:`MetadataReport` and printed as a warning. The metadata encoder imputes missing values
+  M/F (or male/female) and a view other than PA/AP become missing (NaN / ``""``); every such change
+  is counted in :class:`MetadataReport` and printed as a warning. The metadata encoder imputes missing values
   from the training split, so no row is dropped and no label moves.
 * ``"error"``: the first bad value raises :class:`MetadataError` naming the file, row and value.
 
-Ages written the DICOM way (``058Y``, ``006M``) are converted to years and counted. Structural
+Ages written the DICOM way (``058Y``, ``006M``) are converted to years and counted (the field
+parsers are :mod:`cxr_lightning.data.fields`, shared with DICOM tags and inference). Structural
 problems are always errors: a missing column, an unknown or empty label, a duplicated image name,
 a non-integer patient id.
 """
@@ -20,8 +21,8 @@ a non-integer patient id.
 from __future__ import annotations
 
 import gzip
-import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from cxr_lightning.data.fields import MAX_AGE_YEARS, parse_ages, parse_sex, parse_view
 from cxr_lightning.data.labels import LABELS, NO_FINDING
 
 BadValuePolicy = Literal["missing", "error"]
@@ -49,10 +51,6 @@ REQUIRED_COLUMNS = {
 }
 OPTIONAL_COLUMNS = {"Follow-up #": "follow_up"}
 COLUMN_ALIASES = {"Patient Sex": "Patient Gender", "Finding Label": "Finding Labels"}
-
-MAX_AGE_YEARS = 120
-_DICOM_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.IGNORECASE)
-_AGE_UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 
 #: What to do about an unusable metadata CSV (a data root's copy wins over the packaged one).
@@ -199,28 +197,17 @@ def _bad(policy: BadValuePolicy, report: MetadataReport, mask: np.ndarray, value
 
 
 def _parse_ages(raw: pd.Series, policy: BadValuePolicy, report: MetadataReport) -> np.ndarray:
-    text = raw.astype(str).str.strip()
-    numeric = pd.to_numeric(text, errors="coerce")
-    dicom = text.str.extract(_DICOM_AGE)
-    is_dicom = numeric.isna() & dicom[0].notna()
-    scale = dicom[1].str.upper().map(_AGE_UNIT_YEARS)
-    numeric = numeric.where(~is_dicom, dicom[0].astype(float) * scale)
-    report.ages_from_dicom_strings = int(is_dicom.sum())
-
-    non_numeric = numeric.isna().to_numpy()
-    report.ages_non_numeric = _bad(policy, report, non_numeric, raw, "non-numeric age")
-    ages = numeric.to_numpy(dtype=float, copy=True)
-    out_of_range = ~np.isnan(ages) & ((ages < 0) | (ages > MAX_AGE_YEARS))
-    report.ages_out_of_range = _bad(policy, report, out_of_range, raw, "age outside 0..120 years:")
-    ages[out_of_range] = np.nan
-    return ages
+    parsed = parse_ages(raw)
+    report.ages_from_dicom_strings = int(parsed.from_age_string.sum())
+    report.ages_non_numeric = _bad(policy, report, parsed.non_numeric, raw, "non-numeric age")
+    report.ages_out_of_range = _bad(policy, report, parsed.out_of_range, raw, "age outside 0..120 years:")
+    return parsed.years
 
 
-def _parse_category(raw: pd.Series, allowed: tuple[str, ...], policy, report, what: str) -> tuple[np.ndarray, int]:
-    values = raw.fillna("").astype(str).str.strip().str.upper()
-    unknown = ~values.isin(allowed).to_numpy()
-    count = _bad(policy, report, unknown, raw, f"unknown {what}")
-    return np.where(unknown, "", values.to_numpy()), count
+def _parse_category(raw: pd.Series, parse: Callable[[object], str], policy, report, what: str) -> tuple[np.ndarray, int]:
+    values = np.array([parse(value) for value in raw], dtype=object)
+    unknown = values == ""  # an empty cell is counted too
+    return values, _bad(policy, report, unknown, raw, f"unknown {what}")
 
 
 def _one_hot_labels(finding_labels: pd.Series, source: str) -> pd.DataFrame:
@@ -285,8 +272,8 @@ def read_metadata(path: str | Path | None = None, bad_values: BadValuePolicy = "
         raise MetadataError(f"{source}, line {_row(first)}: Patient ID {raw['Patient ID'].iloc[first]!r} is not an integer")
 
     follow_up = pd.to_numeric(raw.get("Follow-up #", pd.Series(0, index=raw.index)), errors="coerce").fillna(-1)
-    sex, report.sex_unknown = _parse_category(raw["Patient Gender"], ("M", "F"), bad_values, report, "sex")
-    view, report.view_unknown = _parse_category(raw["View Position"], ("PA", "AP"), bad_values, report, "view position")
+    sex, report.sex_unknown = _parse_category(raw["Patient Gender"], parse_sex, bad_values, report, "sex")
+    view, report.view_unknown = _parse_category(raw["View Position"], parse_view, bad_values, report, "view position")
     frame = pd.DataFrame(
         {
             "image": images.to_numpy(),

@@ -7,7 +7,7 @@ Three kinds, each a pure function of the metadata, the official lists and a seed
   become validation. This is exactly ``sklearn.model_selection.train_test_split(patients,
   test_size=val_fraction, random_state=seed)`` on the patients in order of first appearance in
   the CSV, which is what the paper's code did.
-* ``paper``: ``official`` with ``val_fraction=0.15, seed=100``: 73,633 / 12,891 / 25,596 images.
+* ``paper``: ``official`` with ``val_fraction=PAPER_VAL_FRACTION`` (0.15), ``seed=PAPER_SEED`` (100): 73,633 / 12,891 / 25,596 images.
 * ``patient``: all patients shuffled and cut into train/val/test by ``fractions``; with
   ``stratify=True`` each patient is put in the stratum of the rarest finding any of its images
   has, and every stratum is cut by the same fractions, so rare findings land in every part.
@@ -32,6 +32,7 @@ SplitName = Literal["paper", "official", "patient"]
 PARTS = ("train", "val", "test")
 PAPER_VAL_FRACTION = 0.15
 PAPER_SEED = 100
+PATIENT_FRACTIONS = (0.7, 0.1, 0.2)  #: default train/val/test patient fractions of the ``patient`` split
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def rarest_finding_strata(meta: NIHMetadata) -> pd.Series:
 
 
 def patient_split(
-    meta: NIHMetadata, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), seed: int = 0, stratify: bool = False
+    meta: NIHMetadata, fractions: tuple[float, float, float] = PATIENT_FRACTIONS, seed: int = 0, stratify: bool = False
 ) -> Split:
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
@@ -160,7 +161,7 @@ def make_split(
     test_list: str | Path | None = None,
     val_fraction: float = PAPER_VAL_FRACTION,
     seed: int = PAPER_SEED,
-    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+    fractions: tuple[float, float, float] = PATIENT_FRACTIONS,
     stratify: bool = False,
 ) -> Split:
     """Build and check a split by name; the lists are only read for ``paper`` and ``official``."""

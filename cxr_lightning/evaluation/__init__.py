@@ -1,1 +1,1 @@
-"""Evaluation: metrics, statistics (bootstrap, DeLong, Holm), calibration, plots and the report of the paper's tables."""
+"""Evaluation: metrics, the predictions file, patient bootstrap, DeLong (with Holm), calibration, plots and the report of the paper's tables."""

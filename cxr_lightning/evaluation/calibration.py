@@ -19,7 +19,10 @@ falls in it). With ``B_k`` the predictions of a label in bin ``k`` and ``N`` all
 ``ECE = sum_k |B_k| / N * |mean(y in B_k) - mean(p in B_k)|``; empty bins contribute 0. The default of
 15 bins follows Guo et al.; ECE depends on the binning and is biased upwards for small ``N``
 (a perfectly calibrated model has ECE ~ sqrt(bins / N), not 0), so compare models at equal
-``n_bins`` and ``N``.
+``n_bins`` and ``N``. The value is torchmetrics' ``binary_calibration_error`` (``norm="l1"``), and
+the reliability curve bins with the same edges (``torch.linspace(0, 1, n_bins + 1)``): a probability
+lying exactly on an inner edge that float64 cannot represent exactly falls where that edge puts it
+(with 10 bins, 0.3 is below the edge 0.30000000000000004, so in ``[0.2, 0.3)``).
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, log_expit, logit
+from torchmetrics.functional.classification import binary_calibration_error
 
-from cxr_lightning.evaluation.statistics import as_matrix
+from cxr_lightning.evaluation.inputs import as_matrix
 
 __all__ = [
     "DEFAULT_BINS",
@@ -66,10 +71,27 @@ def _check(probs: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
     return p, t
 
 
-def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
+def _check_bins(n_bins: int) -> None:
     if n_bins < 1:
         raise ValueError(f"n_bins must be positive; got {n_bins}")
-    return np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+
+
+def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
+    """Bin of each probability, by the edges torchmetrics' calibration error uses (so curve and ECE agree)."""
+    _check_bins(n_bins)
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    # A copy: torch warns on read-only arrays, which a caller's (or pandas') array may be.
+    index = torch.bucketize(torch.from_numpy(np.array(p, dtype=np.float64, order="C")), edges, right=True) - 1
+    return np.minimum(index.numpy(), n_bins - 1)  # the last bin is closed: a probability of 1 falls in it
+
+
+def _below_one(p: np.ndarray) -> np.ndarray:
+    """``p`` with exact 1s moved to the largest float below 1.
+
+    torchmetrics gives a probability of exactly 1 a bin of its own, ``[1, 1]``; here the last bin is
+    closed (see the module docstring). The move changes that bin's mean by at most 1.2e-16.
+    """
+    return np.minimum(p, np.nextafter(1.0, 0.0))
 
 
 def reliability_curve(probs: Any, targets: Any, n_bins: int = DEFAULT_BINS) -> dict[str, np.ndarray]:
@@ -96,10 +118,12 @@ def reliability_curve(probs: Any, targets: Any, n_bins: int = DEFAULT_BINS) -> d
 
 def expected_calibration_error(probs: Any, targets: Any, n_bins: int = DEFAULT_BINS) -> np.ndarray:
     """``(L,)`` ECE of each label with ``n_bins`` equal-width bins (see the module docstring)."""
-    curve = reliability_curve(probs, targets, n_bins)
-    count = curve["count"]
-    gap = np.abs(np.nan_to_num(curve["frac_pos"]) - np.nan_to_num(curve["mean_prob"]))
-    return (count * gap).sum(axis=1) / count.sum(axis=1)
+    p, t = _check(probs, targets)
+    _check_bins(n_bins)
+    # One row per label: torch's bucketize copies non-contiguous inputs (and warns).
+    scores = torch.from_numpy(np.ascontiguousarray(_below_one(p).T))
+    outcomes = torch.from_numpy(np.ascontiguousarray(t.T, dtype=np.int64))
+    return np.array([binary_calibration_error(s, y, n_bins=n_bins, norm="l1").item() for s, y in zip(scores, outcomes)])
 
 
 def brier_score(probs: Any, targets: Any) -> np.ndarray:

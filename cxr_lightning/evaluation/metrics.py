@@ -48,6 +48,7 @@ __all__ = [
     "format_metrics_table",
     "per_label_table",
     "MACRO_METRICS",
+    "NO_SAMPLES_WARNING",
     "PER_LABEL_COLUMNS",
 ]
 
@@ -66,6 +67,9 @@ PER_LABEL_COLUMNS: tuple[str, ...] = ("auroc", "f1", "precision", "recall", "thr
 
 #: Threshold returned for a label without positives, where F1 is undefined.
 NO_POSITIVES_THRESHOLD = 0.5
+
+#: Start of the warning :func:`classification_metrics` gives for zero samples.
+NO_SAMPLES_WARNING = "no samples to score"
 
 
 class EpochPredictions(NamedTuple):
@@ -231,6 +235,7 @@ def classification_metrics(
 
     A label whose targets are a single class gets AUROC ``NaN`` and a ``UserWarning`` naming it,
     and is left out of the AUROC means (sklearn's macro ``roc_auc_score`` raises or is ``NaN``).
+    Zero samples (``N == 0``) give every metric ``NaN`` and a ``UserWarning``.
     """
     if probs.ndim != 2 or targets.shape != probs.shape:
         raise ValueError(f"probs and targets must both be (N, L); got {tuple(probs.shape)} and {tuple(targets.shape)}")
@@ -246,6 +251,8 @@ def classification_metrics(
     thr = thr.expand(num_labels) if thr.ndim == 0 else thr
     if thr.shape != (num_labels,):
         raise ValueError(f"thresholds must be a scalar or ({num_labels},); got {tuple(thr.shape)}")
+    if probs.shape[0] == 0:
+        return _no_samples_metrics(label_names, thr)
     # torchmetrics' multilabel functions take one scalar threshold (and sigmoid scores outside
     # [0, 1]); passing already-binarised integer predictions bypasses both.
     preds = (probs >= thr).to(torch.int64)
@@ -304,6 +311,18 @@ def classification_metrics(
         "exact_match": float(exact_match),
         "per_label": per_label,
     }
+
+
+def _no_samples_metrics(label_names: list[str], thresholds: Tensor) -> dict[str, Any]:
+    """:func:`classification_metrics` of zero samples: every score NaN (undefined, not 0), with a warning.
+
+    torchmetrics cannot score an empty set (it fails on a reshape); an evaluation whose every
+    image was unreadable and skipped has one, and must report it instead of crashing.
+    """
+    warnings.warn(f"{NO_SAMPLES_WARNING}: every metric is NaN", UserWarning, stacklevel=3)
+    undefined = {"auroc": math.nan, "f1": math.nan, "precision": math.nan, "recall": math.nan}
+    per_label = {name: {**undefined, "threshold": float(t), "positives": 0} for name, t in zip(label_names, thresholds.tolist())}
+    return {**{name: math.nan for name in MACRO_METRICS}, "per_label": per_label}
 
 
 def format_metrics_table(metrics_by_name: Mapping[str, Mapping[str, Any]], digits: int = 4) -> str:

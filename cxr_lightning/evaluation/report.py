@@ -32,6 +32,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from cxr_lightning.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_test
+from cxr_lightning.evaluation.calibration import apply_temperature, calibration_table, fit_temperature, reliability_diagram
+from cxr_lightning.evaluation.delong import delong_multilabel
 from cxr_lightning.evaluation.paper_results import (
     ALL_RUNS,
     FIGURE_1_RUNS,
@@ -44,6 +47,7 @@ from cxr_lightning.evaluation.paper_results import (
     TABLE_4,
     THRESHOLD_TABLES,
 )
+from cxr_lightning.evaluation.predictions_file import PredictionsFileError, read_predictions
 from cxr_lightning.output_files import atomic_write_text, check_writable_folder
 
 MISSING = "missing"
@@ -77,8 +81,6 @@ class Run:
 
     def predictions(self, part: str = "test"):
         """The run's ``<part>_predictions.csv`` (read once), or None (absent, or the run left out as broken)."""
-        from cxr_lightning.evaluation.statistics import read_predictions
-
         if self.problem is not None:
             return None
         if part not in self._predictions:
@@ -95,8 +97,6 @@ class Run:
     def interval(self, group: str) -> dict | None:
         """Patient-bootstrap intervals of this run's test metrics at ``group``'s thresholds (cached)."""
         if group not in self._intervals:
-            from cxr_lightning.evaluation.statistics import bootstrap_ci
-
             predictions = self.predictions() if self.metrics is not None else None
             self._intervals[group] = None if predictions is None else bootstrap_ci(
                 predictions.probs, predictions.targets, self.thresholds(group, predictions.label_names), predictions.patients,
@@ -153,8 +153,6 @@ def _read_config(path: Path) -> dict | None:
 
 def load_run(runs_dir: Path, name: str, n_resamples: int = 2000, seed: int = 0) -> Run:
     """The run in ``runs_dir/name``; its files are read and checked now, so a broken one is known before any table."""
-    from cxr_lightning.evaluation.statistics import PredictionsFileError
-
     folder = runs_dir / name
     run = Run(name, folder, None, None, n_resamples, seed)
     try:
@@ -245,8 +243,6 @@ def _aligned(a: Run, b: Run):
 
 
 def pairwise_tests(runs: dict[str, Run], n_resamples: int, seed: int) -> str:
-    from cxr_lightning.evaluation.statistics import delong_multilabel, paired_bootstrap_test
-
     _, columns = TABLE_3
     macro_rows, delong_parts = [], []
     for ca, cb in combinations(columns, 2):
@@ -281,8 +277,6 @@ def pairwise_tests(runs: dict[str, Run], n_resamples: int, seed: int) -> str:
 
 
 def calibration_section(runs: dict[str, Run], figures_dir: Path, relative_to: Path) -> str:
-    from cxr_lightning.evaluation.calibration import apply_temperature, calibration_table, fit_temperature, reliability_diagram
-
     rows, figures = [], []
     for name, title in FIGURE_1_RUNS:
         run = runs[name]
@@ -411,7 +405,7 @@ def build_report(runs_dir: str | Path, out: str | Path, n_resamples: int = 2000,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cxr-lightning report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="cxr-lightning report", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder holding one folder per run (default: runs)")
     parser.add_argument("--out", type=Path, default=None, help="report file (default: RUNS/report.md)")
     parser.add_argument("--bootstrap", type=int, default=2000, help="patient-bootstrap resamples for intervals and tests")

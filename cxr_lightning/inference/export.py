@@ -26,9 +26,7 @@ warnings are silenced here).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import json
 import sys
 import warnings
@@ -38,22 +36,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
-from cxr_lightning.data.encoding import MetadataEncoder
+from cxr_lightning.checkpoint import load_classifier
+from cxr_lightning.data.encoding import MetadataEncoder, metadata_frame
 from cxr_lightning.data.transforms import normalization_stats
 
-__all__ = [
-    "ExportResult",
-    "ProbabilityModel",
-    "add_export_arguments",
-    "export_model",
-    "metadata_feature_formulas",
-    "run_export",
-    "sidecar_path",
-]
+__all__ = ["ExportResult", "ProbabilityModel", "export_model", "metadata_feature_formulas", "sidecar_path"]
 
 ExportFormat = Literal["onnx", "torchscript"]
 INPUT_NAMES = ("image", "metadata")
@@ -106,17 +96,6 @@ def metadata_feature_formulas(encoder: MetadataEncoder) -> dict[str, str]:
         "view_AP": "1 if view == 'AP' else 0",
     }
     return {name: formulas[name] for name in encoder.feature_names}
-
-
-def _encode_rows(encoder: MetadataEncoder, rows) -> np.ndarray:
-    frame = pd.DataFrame(
-        {
-            "age": [float("nan") if r["age"] is None else float(r["age"]) for r in rows],
-            "sex": [r["sex"] for r in rows],
-            "view": [r["view"] for r in rows],
-        }
-    )
-    return encoder.encode(frame)
 
 
 @contextlib.contextmanager
@@ -205,8 +184,6 @@ def export_model(
             record the max abs difference to PyTorch in the result and the sidecar.
         trusted_classes: model class paths outside cxr_lightning the checkpoint may name.
     """
-    from cxr_lightning.checkpoint import load_classifier
-
     if format not in ("onnx", "torchscript"):
         raise ValueError(f"unknown export format {format!r}; choose onnx or torchscript")
     model, spec = load_classifier(checkpoint, map_location="cpu", trusted_classes=trusted_classes)
@@ -217,7 +194,7 @@ def export_model(
     encoder = spec.metadata_encoder
     metadata_dim = int(model.hparams.metadata_dim)
     generator = torch.Generator().manual_seed(0)
-    example_metadata = torch.from_numpy(_encode_rows(encoder, EXAMPLE_METADATA[:2]))
+    example_metadata = torch.from_numpy(encoder.encode(metadata_frame(EXAMPLE_METADATA[:2])))
     if example_metadata.shape[1] != metadata_dim:
         example_metadata = torch.zeros(2, metadata_dim)
     example = (torch.randn(2, channels, size, size, generator=generator), example_metadata)
@@ -257,7 +234,7 @@ def export_model(
         }
 
     mean, std = normalization_stats(spec.normalization, channels)
-    example_encoded = _encode_rows(encoder, EXAMPLE_METADATA)
+    example_encoded = encoder.encode(metadata_frame(EXAMPLE_METADATA))
     sidecar = {
         "format": format,
         "file": out.name,
@@ -308,56 +285,3 @@ def export_model(
     side = sidecar_path(out)
     side.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     return ExportResult(path=out, sidecar=side, format=format, max_abs_diff=max_diff, opset=opset_used)
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``cxr-lightning export``."""
-    from cxr_lightning.checkpoint import add_trust_argument
-
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint (.ckpt) written by cxr-lightning fit")
-    add_trust_argument(parser)
-    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="model format (default onnx)")
-    parser.add_argument("--out", required=True, type=Path, help="model file to write; the sidecar goes to <out>.json")
-    parser.add_argument("--image-size", type=int, default=None, help="input side (default: the training image size)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; 18+ uses the torch.export-based exporter)")
-    parser.add_argument("--exporter", choices=("auto", "legacy", "dynamo"), default="auto", help="ONNX exporter (default: by opset)")
-    parser.add_argument("--no-verify", action="store_true", help="do not compare the exported model with PyTorch")
-    return parser
-
-
-def run_export(args: argparse.Namespace) -> int:
-    from cxr_lightning.output_files import atomic_outputs, check_writable_folder
-
-    # The folder is checked before the model is traced; the model and its sidecar appear under
-    # their names together, when both are complete (a full disk or a crash leaves neither).
-    check_writable_folder(Path(args.out).parent, "the exported model")
-    with atomic_outputs(args.out, sidecar_path(args.out)) as (staged_out, _):
-        result = export_model(
-            args.checkpoint, staged_out, format=args.format, image_size=args.image_size, opset=args.opset,
-            exporter=args.exporter, verify=not args.no_verify, trusted_classes=args.trusted_classes,
-        )  # fmt: skip
-    result = dataclasses.replace(result, path=Path(args.out), sidecar=sidecar_path(args.out))
-    opset = f", opset {result.opset}" if result.opset else ""
-    print(f"wrote {result.path} ({result.format}{opset}) and {result.sidecar}")
-    if result.max_abs_diff is not None:
-        print(f"max |exported - PyTorch| probability difference on a random batch: {result.max_abs_diff:.2e}")
-    return 0
-
-
-def build_export_parser(prog: str = "cxr-lightning export") -> argparse.ArgumentParser:
-    description = "Export a checkpoint to ONNX or TorchScript (probabilities out) with a JSON sidecar."
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    return add_export_arguments(parser)
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_export(build_export_parser().parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

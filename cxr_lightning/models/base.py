@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from cxr_lightning.data.labels import FINDINGS, LABELS, NO_FINDING
-from cxr_lightning.evaluation.metrics import PredictionCollector, classification_metrics, format_metrics_table
+from cxr_lightning.evaluation.metrics import NO_SAMPLES_WARNING, PredictionCollector, classification_metrics, format_metrics_table
 from cxr_lightning.models.fusion import MetadataFusionHead
 from cxr_lightning.models.losses import build_loss
 
@@ -87,8 +87,9 @@ class CXRClassifier(L.LightningModule):
         self.criterion = build_loss(loss, num_labels, pos_weight, **(loss_options or {}))
         # Tuned on validation by ThresholdTuner; a buffer so every checkpoint carries it.
         self.register_buffer("thresholds", torch.full((num_labels,), 0.5))
-        self.val_predictions = PredictionCollector()
-        self.test_predictions = PredictionCollector()
+        # num_labels: an epoch whose every batch was skipped still computes (0, num_labels) predictions.
+        self.val_predictions = PredictionCollector(num_labels)
+        self.test_predictions = PredictionCollector(num_labels)
         self.backbone: nn.Module | None = None
         self.head: MetadataFusionHead | None = None
         self.test_results: dict[str, Any] = {}
@@ -233,11 +234,16 @@ class CXRClassifier(L.LightningModule):
         return {"name": batch["name"], "probs": probs}
 
     # ----- epoch ends: metrics over the whole epoch, gathered across ranks -----
-    def _metrics(self, collector: PredictionCollector) -> dict[str, dict]:
+    def _metrics(self, stage: str, collector: PredictionCollector) -> dict[str, dict]:
         epoch = collector.compute()
         no_finding = NO_FINDING if NO_FINDING in self.label_names else None
-        tuned = classification_metrics(epoch.probs, epoch.targets, self.thresholds, self.label_names, no_finding)
         with warnings.catch_warnings():
+            if len(epoch.indices) == 0:
+                # Every image of the epoch was unreadable and skipped: say so once, naming the stage.
+                warnings.filterwarnings("ignore", message=NO_SAMPLES_WARNING, category=UserWarning)
+                where = f" epoch {self.current_epoch}" if self.trainer.state.fn == TrainerFn.FITTING else ""
+                rank_zero_warn(f"[{stage}]{where}: no readable image to score (every batch was skipped): its metrics are NaN")
+            tuned = classification_metrics(epoch.probs, epoch.targets, self.thresholds, self.label_names, no_finding)
             # The same labels' undefined AUROC was just reported for the tuned group: say it once.
             warnings.filterwarnings("ignore", message="AUROC is undefined", category=UserWarning)
             default = classification_metrics(epoch.probs, epoch.targets, torch.full_like(self.thresholds, 0.5), self.label_names, no_finding)
@@ -259,13 +265,13 @@ class CXRClassifier(L.LightningModule):
             self.val_predictions.reset()
             self._skipped["val"] = []
             return
-        self._log_metrics("val", self._metrics(self.val_predictions))
+        self._log_metrics("val", self._metrics("val", self.val_predictions))
         self.val_predictions.reset()
         self._report_skipped("val")
 
     def on_test_epoch_end(self) -> None:
         epoch = self.test_predictions.compute()
-        metrics = self._metrics(self.test_predictions)
+        metrics = self._metrics("test", self.test_predictions)
         self._log_metrics("test", metrics)
         self.test_results = {"metrics": metrics, "predictions": epoch, "thresholds": self.thresholds.tolist()}
         if self.trainer.is_global_zero:

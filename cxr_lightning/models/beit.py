@@ -8,7 +8,6 @@ nothing works a :class:`~cxr_lightning.models.weights.WeightsNotFoundError` expl
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,6 @@ from cxr_lightning.models.weights import WeightsNotFoundError, hf_cache_dir, hf_
 __all__ = ["DEFAULT_BEIT", "BeitBackbone", "tiny_beit_config"]
 
 DEFAULT_BEIT = "microsoft/beit-base-patch16-224"
-# BeitImageProcessor defaults (microsoft/beit-* checkpoints): resize to 224, scale to [0, 1], normalise 0.5/0.5.
-_DEFAULT_MEAN = (0.5, 0.5, 0.5)
-_DEFAULT_STD = (0.5, 0.5, 0.5)
 
 
 def tiny_beit_config(**overrides: Any) -> dict[str, Any]:
@@ -61,29 +57,6 @@ def _fetch_instructions(model_id: str) -> str:
     )
 
 
-def _read_preprocessor_config(pretrained: str, local_dir: Path | None) -> dict[str, Any]:
-    """Read ``preprocessor_config.json`` from the local dir or the HF cache, without network; {} if absent."""
-    path: str | None = None
-    if local_dir is not None:
-        candidate = local_dir / "preprocessor_config.json"
-        path = str(candidate) if candidate.is_file() else None
-    else:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            found = try_to_load_from_cache(pretrained, "preprocessor_config.json")
-            path = found if isinstance(found, str) else None
-        except Exception:
-            path = None
-    if path is None:
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
 class BeitBackbone(nn.Module):
     """BEiT encoder: ``(B, 3, H, W)`` -> mean of ``last_hidden_state`` over all tokens -> ``(B, hidden_size)``.
 
@@ -98,7 +71,7 @@ class BeitBackbone(nn.Module):
         freeze: the paper's "transfer learning" variant: all parameters ``requires_grad=False`` and the
             encoder stays in eval mode even after ``.train()`` (dropout/drop-path off).
         image_size: expected input side.  With ``config`` it overrides ``config["image_size"]``; with
-            pretrained weights it only updates :attr:`pretrained_cfg`.  Inputs whose size differs from the
+            pretrained weights it is not used.  Inputs whose size differs from the
             model config's ``image_size`` are handled with ``interpolate_pos_encoding=True`` automatically
             (position embeddings / relative position bias are interpolated).
         allow_download: if False, a hub id is only looked up in the local cache.  Otherwise a download is
@@ -109,8 +82,9 @@ class BeitBackbone(nn.Module):
         out_features: ``config.hidden_size`` (768 for BEiT-base).
         in_channels: ``config.num_channels`` (3).
         model: the ``transformers.BeitModel``.
-        pretrained_cfg: ``mean``, ``std``, ``input_size``, ``interpolation`` (from the checkpoint's
-            ``preprocessor_config.json`` when available locally, else BEiT's defaults 0.5/0.5) and ``source``.
+
+    The input's preprocessing is the DataModule's: ``data.normalization: beit`` is the 0.5/0.5 of the
+    ``microsoft/beit-*`` image processors (:data:`cxr_lightning.data.transforms.NORMALIZATIONS`).
     """
 
     def __init__(
@@ -122,16 +96,13 @@ class BeitBackbone(nn.Module):
         allow_download: bool = True,
     ) -> None:
         super().__init__()
-        preprocessor: dict[str, Any] = {}
         if config is not None:
             kwargs = dict(config)
             if image_size is not None:
                 kwargs["image_size"] = int(image_size)
             self.model = BeitModel(BeitConfig(**kwargs), add_pooling_layer=False)
-            source = None
         elif pretrained is not None:
-            self.model, source, local_dir = self._load_pretrained(str(pretrained), allow_download)
-            preprocessor = _read_preprocessor_config(str(pretrained), local_dir)
+            self.model = self._load_pretrained(str(pretrained), allow_download)
         else:
             raise ValueError("BeitBackbone needs pretrained (hub id or directory) or config (BeitConfig kwargs)")
 
@@ -139,25 +110,13 @@ class BeitBackbone(nn.Module):
         self.out_features = int(cfg.hidden_size)
         self.in_channels = int(cfg.num_channels)
         self.freeze = bool(freeze)
-        side = int(image_size) if image_size is not None else int(cfg.image_size)
-        self.pretrained_cfg: dict[str, Any] = {
-            "architecture": "beit",
-            "source": source,
-            "mean": tuple(preprocessor.get("image_mean", _DEFAULT_MEAN)),
-            "std": tuple(preprocessor.get("image_std", _DEFAULT_STD)),
-            "input_size": (self.in_channels, side, side),
-            "model_image_size": int(cfg.image_size),
-            "patch_size": int(cfg.patch_size),
-            "interpolation": "bicubic" if preprocessor.get("resample", 3) == 3 else "bilinear",
-            "freeze": self.freeze,
-        }
         if self.freeze:
             for p in self.model.parameters():
                 p.requires_grad_(False)
             self.model.eval()
 
     @staticmethod
-    def _load_pretrained(pretrained: str, allow_download: bool = True) -> tuple[BeitModel, str, Path | None]:
+    def _load_pretrained(pretrained: str, allow_download: bool = True) -> BeitModel:
         path = Path(pretrained).expanduser()
         if path.is_dir():
             try:
@@ -167,7 +126,7 @@ class BeitBackbone(nn.Module):
                     f"no BEiT weights in directory {str(path)!r} ({type(exc).__name__}: {exc}); it should hold "
                     "config.json and model.safetensors (or pytorch_model.bin) written by save_pretrained."
                 ) from exc
-            return model, str(path), path
+            return model
         if _looks_like_path(pretrained) or path.exists():
             raise WeightsNotFoundError(
                 f"BEiT pretrained directory not found: {pretrained!r} (resolved: {str(path.resolve())!r}).\n"
@@ -176,7 +135,7 @@ class BeitBackbone(nn.Module):
 
         cache = hf_cache_dir()
         try:
-            return BeitModel.from_pretrained(pretrained, add_pooling_layer=False, local_files_only=True), pretrained, None
+            return BeitModel.from_pretrained(pretrained, add_pooling_layer=False, local_files_only=True)
         except (OSError, ValueError) as exc:
             local_error: Exception = exc
         if hf_offline() or not allow_download:
@@ -187,7 +146,7 @@ class BeitBackbone(nn.Module):
             )
         else:
             try:
-                return BeitModel.from_pretrained(pretrained, add_pooling_layer=False), pretrained, None
+                return BeitModel.from_pretrained(pretrained, add_pooling_layer=False)
             except Exception as exc:  # connection errors, 401/404, ...
                 download_note = f"downloading it failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         raise WeightsNotFoundError(

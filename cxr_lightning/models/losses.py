@@ -9,6 +9,13 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def _pos_weight_buffer(num_labels: int, pos_weight: Sequence[float] | None) -> torch.Tensor:
+    weights = torch.ones(num_labels) if pos_weight is None else torch.as_tensor(list(pos_weight), dtype=torch.float32)
+    if weights.shape != (num_labels,):
+        raise ValueError(f"pos_weight has {weights.numel()} values for {num_labels} labels")
+    return weights
+
+
 class WeightedBCEWithLogits(nn.Module):
     """``BCEWithLogitsLoss`` with an optional per-label ``pos_weight`` kept as a buffer.
 
@@ -17,20 +24,10 @@ class WeightedBCEWithLogits(nn.Module):
 
     def __init__(self, num_labels: int, pos_weight: Sequence[float] | None = None):
         super().__init__()
-        weights = torch.ones(num_labels) if pos_weight is None else torch.as_tensor(list(pos_weight), dtype=torch.float32)
-        if weights.shape != (num_labels,):
-            raise ValueError(f"pos_weight has {weights.numel()} values for {num_labels} labels")
-        self.register_buffer("pos_weight", weights)
+        self.register_buffer("pos_weight", _pos_weight_buffer(num_labels, pos_weight))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), pos_weight=self.pos_weight)
-
-
-def _pos_weight_buffer(num_labels: int, pos_weight: Sequence[float] | None) -> torch.Tensor:
-    weights = torch.ones(num_labels) if pos_weight is None else torch.as_tensor(list(pos_weight), dtype=torch.float32)
-    if weights.shape != (num_labels,):
-        raise ValueError(f"pos_weight has {weights.numel()} values for {num_labels} labels")
-    return weights
 
 
 class FocalLoss(nn.Module):
@@ -147,11 +144,8 @@ def build_loss(name: str, num_labels: int, pos_weight: Sequence[float] | None = 
 
     Example: ``build_loss("asymmetric", 15, None, gamma_neg=4, clip=0.05)``.
     """
-    key = name.lower().replace("-", "_")
-    aliases = {"asl": "asymmetric", "weighted_bce": "bce", "bce_with_logits": "bce"}
-    key = aliases.get(key, key)
-    if key not in LOSSES:
+    if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {sorted(LOSSES)}")
-    if key == "bce" and kwargs:
+    if name == "bce" and kwargs:
         raise TypeError(f"the bce loss takes no options; got {sorted(kwargs)}")
-    return LOSSES[key](num_labels, pos_weight, **kwargs)
+    return LOSSES[name](num_labels, pos_weight, **kwargs)

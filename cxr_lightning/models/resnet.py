@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from torch import Tensor, nn
 from torchvision.models import ResNet50_Weights, resnet50
 
+from cxr_lightning.data.transforms import NORMALIZATIONS
 from cxr_lightning.models.weights import (
     WeightsNotFoundError,
     load_state_dict_file,
@@ -25,9 +25,12 @@ from cxr_lightning.models.weights import (
     torch_hub_checkpoint_dir,
 )
 
-__all__ = ["HighResStem", "ResNet50Backbone", "resolve_resnet50_weights", "resnet50_pretrained_cfg"]
+__all__ = ["HighResStem", "ResNet50Backbone", "resolve_resnet50_weights"]
 
 WEIGHT_NAMES = tuple(w.name for w in ResNet50_Weights)
+# The stem maps its output into the range of ImageNet-normalised input: x * std + mean of the
+# channel-averaged ImageNet statistics (the data side's "imagenet_grey" normalisation).
+(IMAGENET_GREY_MEAN,), (IMAGENET_GREY_STD,) = NORMALIZATIONS["imagenet_grey"]
 
 
 class HighResStem(nn.Module):
@@ -35,7 +38,8 @@ class HighResStem(nn.Module):
 
     As in the paper's code: Conv2d(1->32, k5, s2) + BN + ReLU, Conv2d(32->16, k7, s2) + BN + ReLU,
     Conv2d(16->3, k9, s1) + BN, then ``x * 0.226 + 0.449`` so the output has roughly the range of
-    ImageNet-normalised input (0.226/0.449: the means of ImageNet's std/mean).  No padding, so each
+    ImageNet-normalised input (0.226/0.449: ImageNet's std/mean averaged over channels, read from the
+    ``imagenet_grey`` entry of :data:`~cxr_lightning.data.transforms.NORMALIZATIONS`).  No padding, so each
     side shrinks as ``out = floor((in - k) / s) + 1``::
 
         1024 -> floor((1024 - 5) / 2) + 1 = 510 -> floor((510 - 7) / 2) + 1 = 252 -> 252 - 9 + 1 = 244
@@ -46,7 +50,7 @@ class HighResStem(nn.Module):
 
     SPECS = ((5, 2), (7, 2), (9, 1))  # (kernel, stride) of the three convs
 
-    def __init__(self, in_channels: int = 1, scale: float = 0.226, shift: float = 0.449) -> None:
+    def __init__(self, in_channels: int = 1, scale: float = IMAGENET_GREY_STD, shift: float = IMAGENET_GREY_MEAN) -> None:
         super().__init__()
         self.in_channels = int(in_channels)
         self.conv1 = nn.Conv2d(self.in_channels, 32, kernel_size=5, stride=2)
@@ -94,47 +98,6 @@ def resolve_resnet50_weights(weights: str | ResNet50_Weights | None) -> ResNet50
 def weights_file_name(weights: ResNet50_Weights) -> str:
     """The file name torchvision caches the weights under (the basename of their URL)."""
     return os.path.basename(weights.url)
-
-
-def resnet50_pretrained_cfg(weights: ResNet50_Weights | None) -> dict[str, Any]:
-    """Preprocessing facts of torchvision weights, in the spirit of timm's ``pretrained_cfg``.
-
-    Random init (``None``) gives ``mean``/``std`` of ``None`` (no preprocessing is implied).
-    """
-    cfg: dict[str, Any] = {
-        "architecture": "resnet50",
-        "weights": None,
-        "url": None,
-        "file_name": None,
-        "mean": None,
-        "std": None,
-        "input_size": (3, 224, 224),
-        "crop_size": 224,
-        "resize_size": None,
-        "interpolation": None,
-        "num_classes": None,
-    }
-    if weights is None:
-        return cfg
-    transform = weights.transforms()
-    crop = list(getattr(transform, "crop_size", [224]))
-    resize = list(getattr(transform, "resize_size", []))
-    interpolation = getattr(transform, "interpolation", None)
-    cfg.update(
-        weights=weights.name,
-        url=weights.url,
-        file_name=weights_file_name(weights),
-        mean=tuple(float(m) for m in transform.mean),
-        std=tuple(float(s) for s in transform.std),
-        input_size=(3, crop[0], crop[-1]),
-        crop_size=crop[0],
-        resize_size=resize[0] if resize else None,
-        interpolation=getattr(interpolation, "value", interpolation),
-        num_classes=len(weights.meta.get("categories", [])) or None,
-        num_params=weights.meta.get("num_params"),
-        recipe=weights.meta.get("recipe"),
-    )
-    return cfg
 
 
 def _fetch_instructions(weights: ResNet50_Weights, cache_dir: Path) -> str:
@@ -204,7 +167,7 @@ class ResNet50Backbone(nn.Module):
 
     Args:
         weights: a torchvision ``ResNet50_Weights`` name (``"IMAGENET1K_V1"``, ``"IMAGENET1K_V2"``,
-            ``"DEFAULT"``) or ``None`` for random init.  Also decides :attr:`pretrained_cfg`.
+            ``"DEFAULT"``) or ``None`` for random init.
         weights_path: a local ``.pth`` state dict, or a checkpoint holding one under ``"state_dict"``
             (e.g. Lightning; key prefixes in front of ``conv1.weight`` are stripped).  Takes precedence over
             torchvision's cache.  ``fc.*`` keys are ignored, so a checkpoint with any classifier size loads.
@@ -217,11 +180,10 @@ class ResNet50Backbone(nn.Module):
     Attributes:
         out_features: 2048.
         in_channels: 3, or 1 with the high-res stem.
-        pretrained_cfg: dict of the weights' preprocessing facts (``mean``, ``std``, ``input_size``,
-            ``crop_size``, ``resize_size``, ``interpolation``, ``weights``, ``url``, ``file_name``) plus
-            ``source`` (the file loaded, or ``None``), ``high_res_stem`` and ``in_chans``.  With the stem,
-            ``mean``/``std`` describe what the ResNet body was trained on; the stem's ``* 0.226 + 0.449``
-            maps its output into that range, and ``input_size`` is ``(1, 1024, 1024)``.
+
+    The input's preprocessing (size, channels, normalisation) is the DataModule's
+    (``data.image_size``, ``data.image_channels``, ``data.normalization``: ``imagenet`` for the
+    pretrained body, ``none`` with the stem, see :data:`cxr_lightning.data.transforms.NORMALIZATIONS`).
     """
 
     out_features: int = 2048
@@ -242,19 +204,11 @@ class ResNet50Backbone(nn.Module):
         self.out_features = 2048
         self.in_channels = 1 if high_res_stem else 3
 
-        source = None
         if weights_path is not None or enum is not None:
             state_dict, source = load_resnet50_state_dict(
                 enum, weights_path, progress=progress, allow_download=allow_download
             )
             self.load_resnet_state_dict(state_dict, source=source)
-
-        cfg = resnet50_pretrained_cfg(enum)
-        cfg.update(source=source, high_res_stem=bool(high_res_stem), in_chans=self.in_channels)
-        if high_res_stem:
-            cfg["input_size"] = (1, 1024, 1024)
-            cfg["stem_output_size"] = HighResStem.output_size(1024)
-        self.pretrained_cfg = cfg
 
     def load_resnet_state_dict(self, state_dict: dict[str, Tensor], source: str = "state dict") -> None:
         """Load torchvision-layout ResNet-50 weights into the body, ignoring ``fc.*`` (strict otherwise)."""

@@ -16,6 +16,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
 from cxr_lightning.evaluation.metrics import best_f1_thresholds, per_label_table
+from cxr_lightning.evaluation.predictions_file import write_predictions
 
 
 class ThresholdTuner(L.Callback):
@@ -52,7 +53,7 @@ class ThresholdTuner(L.Callback):
             path.write_text(json.dumps(record, indent=2) + "\n")
             if self.save_predictions:
                 names = _image_names(trainer.val_dataloaders, epoch.indices)
-                write_predictions(path.parent / "val_predictions.csv", names, epoch, pl_module.label_names)
+                write_predictions(path.parent / "val_predictions.csv", names, epoch.probs, epoch.targets, pl_module.label_names)
 
 
 class TestOutputWriter(L.Callback):
@@ -87,7 +88,8 @@ class TestOutputWriter(L.Callback):
         table = per_label_table(metrics["tuned"]).join(at_half)
         table.to_csv(out / "per_label.csv", index_label="label")
 
-        write_predictions(out / "test_predictions.csv", _image_names(trainer.test_dataloaders, epoch.indices), epoch, names)
+        image_names = _image_names(trainer.test_dataloaders, epoch.indices)
+        write_predictions(out / "test_predictions.csv", image_names, epoch.probs, epoch.targets, names)
         figure = None
         if self.roc_figure:
             from cxr_lightning.evaluation.plots import plot_roc_curves
@@ -126,18 +128,6 @@ class PredictionCSVWriter(BasePredictionWriter):
         name = "predictions.csv" if trainer.world_size == 1 else f"predictions.rank{trainer.global_rank}.csv"
         pd.concat([pd.DataFrame({"image": names}), frame, decisions], axis=1).to_csv(out / name, index=False, float_format="%.9g")
         rank_zero_info(f"[predict] wrote {len(names):,} predictions to {out / name}")
-
-
-def write_predictions(path: Path, image_names: list[str], epoch, label_names: list[str]) -> None:
-    """CSV: ``image``, ``prob_<label>`` and ``label_<label>`` per label (what reports and statistics read).
-
-    Probabilities keep 9 significant digits, which round-trip float32 exactly: a rounded value
-    can cross a tuned threshold and the report, recomputing from this file, would disagree with
-    ``metrics.json``.
-    """
-    predictions = pd.DataFrame(epoch.probs.cpu().numpy(), columns=[f"prob_{n}" for n in label_names])
-    labels = pd.DataFrame(epoch.targets.cpu().numpy().astype(np.int8), columns=[f"label_{n}" for n in label_names])
-    pd.concat([pd.DataFrame({"image": image_names}), predictions, labels], axis=1).to_csv(path, index=False, float_format="%.9g")
 
 
 def _image_names(loader, indices: torch.Tensor) -> list[str]:
