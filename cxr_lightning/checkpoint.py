@@ -26,13 +26,15 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from cxr_lightning.data.datamodule import DATA_STATE_KIND
 from cxr_lightning.data.encoding import MetadataEncoder
 from cxr_lightning.data.transforms import ImageTransform
 from cxr_lightning.models.base import MODEL_CLASS_KEY, CXRClassifier
 from cxr_lightning.models.classifiers import BEIT_ARCHITECTURE_KEY
 from cxr_lightning.models.weights import safe_torch_load
 
-DATA_STATE_KEY = "ChestXrayDataModule"
+# Where checkpoints written before the DataModule marked its state keep it (its class name).
+LEGACY_DATA_STATE_KEY = "ChestXrayDataModule"
 
 
 @dataclass
@@ -130,6 +132,15 @@ def offline_arguments(checkpoint: dict[str, Any], cls: type[CXRClassifier]) -> d
     return args
 
 
+def data_state(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The DataModule's state saved in ``checkpoint`` (by its mark, or the legacy class-name key), or None."""
+    marked = [v for v in checkpoint.values() if isinstance(v, dict) and v.get("kind") == DATA_STATE_KIND]
+    if marked:
+        return marked[0]
+    legacy = checkpoint.get(LEGACY_DATA_STATE_KEY)
+    return legacy if isinstance(legacy, dict) else None
+
+
 def load_classifier(
     path: str | Path, map_location: str | torch.device = "cpu", trusted_classes: Iterable[str] = ()
 ) -> tuple[CXRClassifier, DataSpec]:
@@ -160,9 +171,9 @@ def load_classifier(
         raise CheckpointError(f"{path}: its settings and weights do not rebuild {class_path} ({type(err).__name__}: "
                               f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})") from err
     model.eval()
-    data = checkpoint.get(DATA_STATE_KEY)
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: no data pipeline state ({DATA_STATE_KEY}); it cannot prepare new images by itself")
+    data = data_state(checkpoint)
+    if data is None:
+        raise CheckpointError(f"{path}: no data pipeline state (a ChestXrayDataModule's); it cannot prepare new images by itself")
     try:
         spec = DataSpec(
             label_names=list(data["label_names"]),

@@ -11,7 +11,7 @@ import torch
 
 from cxr_lightning.checkpoint import load_classifier
 from cxr_lightning.data import ChestXrayDataModule
-from cxr_lightning.models import BEiTClassifier, ResNet50Classifier
+from cxr_lightning.models import BaselineCNN, BEiTClassifier, ResNet50Classifier
 from cxr_lightning.models.beit import BeitBackbone, tiny_beit_config
 
 
@@ -89,3 +89,23 @@ def test_the_cli_trainer_writes_checkpoints_atomically(synthetic_root):
     cli = CXRLightningCLI(args=["--model", "cxr_lightning.models.BaselineCNN", f"--data.data_root={synthetic_root}",
                                 "--data.split=official", "--data.val_fraction=0.25", "--trainer.logger=false"], run=False)  # fmt: skip
     assert type(cli.trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
+
+
+class SiteDataModule(ChestXrayDataModule):
+    """A user's DataModule subclass (its checkpoint state is stored under its own class name)."""
+
+
+class SiteCNN(BaselineCNN):
+    """A user's model subclass."""
+
+
+def test_checkpoints_of_subclasses_load(synthetic_root, tmp_path):
+    dm = SiteDataModule(data_root=synthetic_root, split="official", val_fraction=0.25, image_size=32, batch_size=4, num_workers=0)
+    model = SiteCNN(channels=(8, 8, 16, 16, 16), metadata_dim=dm.metadata_dim, label_names=dm.label_names)
+    save(model, dm, tmp_path / "site.ckpt")
+    assert "SiteDataModule" in torch.load(tmp_path / "site.ckpt", weights_only=True)
+    loaded, spec = load_classifier(tmp_path / "site.ckpt", trusted_classes=[SiteCNN.__module__])
+    assert type(loaded).__name__ == "SiteCNN" and spec.image_size == 32 and spec.label_names == dm.label_names
+    model.eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(loaded(x, torch.zeros(2, 5)), model(x, torch.zeros(2, 5)), atol=1e-6)

@@ -230,3 +230,20 @@ def test_with_skip_the_weights_and_age_scaling_come_from_the_images_trained_on(s
     # The default policy needs no image for its weights: every train row counts.
     error = ChestXrayDataModule(data_root=root, **options)
     assert error.train_label_counts == meta.label_matrix(tuple(error.label_names))[split.train].sum(axis=0).astype(int).tolist()
+
+
+def test_the_training_seed_varies_augmentation_and_order_but_not_the_split(synthetic_root):
+    def module(**kwargs):
+        dm = ChestXrayDataModule(data_root=synthetic_root, split="official", val_fraction=0.25, seed=7, image_size=32,
+                                 batch_size=8, num_workers=0, **kwargs)  # fmt: skip
+        dm.setup("fit")
+        return dm
+
+    default, same, other = module(), module(training_seed=7), module(training_seed=8)
+    for part in ("train", "val", "test"):
+        assert default._tables()[1].part(part).tolist() == other._tables()[1].part(part).tolist()  # the same patients
+    first = [next(iter(dm.train_dataloader())) for dm in (default, same, other)]
+    assert first[0]["name"] == first[1]["name"] and torch.equal(first[0]["image"], first[1]["image"])  # unset: data.seed
+    assert first[0]["name"] != first[2]["name"]  # another shuffle
+    sample = [dm._datasets["train"][0]["image"] for dm in (default, other)]
+    assert not torch.equal(sample[0], sample[1])  # another augmentation of the same image

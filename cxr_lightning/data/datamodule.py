@@ -88,6 +88,11 @@ def check_options(options: dict) -> None:
             raise ConfigValueError(f"data.{name} must be a number in [0, 1), got {value!r}")
 
 
+# Marks the DataModule's state in a checkpoint. Lightning stores it under the DataModule's class
+# name, which a subclass changes: readers look for this mark instead.
+DATA_STATE_KIND = "cxr_lightning data spec 1"
+
+
 @dataclass
 class SyntheticData:
     """Generate a synthetic NIH-layout dataset in ``data_root`` when it holds no metadata CSV."""
@@ -115,7 +120,10 @@ class ChestXrayDataModule(L.LightningDataModule):
             patient-grouped validation part of ``val_fraction``) or ``patient`` (random
             patient-grouped parts of ``fractions``).
         val_fraction: patient fraction of train_val used for validation (``official``).
-        seed: seed of the ``official`` and ``patient`` splits.
+        seed: seed of the ``official`` and ``patient`` splits (which patients validate and test).
+        training_seed: seed of the augmentation, the shuffling and the oversampling; unset, the
+            split's ``seed`` (as before this option existed). Vary it, not ``seed``, to train again
+            on the same patients with other random draws.
         fractions: train/val/test patient fractions of the ``patient`` split.
         stratify: ``patient`` split only: cut each rarest-finding stratum by the fractions.
         metadata_csv: metadata CSV; default the one in ``data_root`` or the packaged 2020 file.
@@ -162,6 +170,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         split: SplitName = "paper",
         val_fraction: float = PAPER_VAL_FRACTION,
         seed: int = PAPER_SEED,
+        training_seed: int | None = None,
         fractions: tuple[float, float, float] = PATIENT_FRACTIONS,
         stratify: bool = False,
         metadata_csv: str | Path | None = None,
@@ -259,6 +268,12 @@ class ChestXrayDataModule(L.LightningDataModule):
             self.encoder.fit(meta.frame.iloc[self._fit_rows()])
             self._encoder_fitted = True
         return self.encoder
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of augmentation, shuffling and oversampling (``training_seed``, else the split's ``seed``)."""
+        h = self.hparams
+        return h.seed if h.training_seed is None else h.training_seed
 
     @property
     def normalization_stats(self) -> tuple[list[float], list[float]]:
@@ -398,13 +413,13 @@ class ChestXrayDataModule(L.LightningDataModule):
         labels = meta.label_matrix(tuple(self.label_names))[rows]
         metadata = self._fitted_encoder().encode(meta.frame.iloc[rows])
         if cache is not None:
-            return CachedChestXrayDataset(cache, names, labels=labels, metadata=metadata, seed=h.seed, augmentation=augmentation)
+            return CachedChestXrayDataset(cache, names, labels=labels, metadata=metadata, seed=self.training_seed, augmentation=augmentation)
         return ChestXrayDataset(
             paths=[self._located[n] for n in names],
             labels=labels,
             metadata=metadata,
             transform=ImageTransform(h.image_size, h.image_channels, h.normalization, augmentation),
-            seed=h.seed,
+            seed=self.training_seed,
             skip_bad_images=h.on_bad_image == "skip",
         )
 
@@ -422,7 +437,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             # The loader's own generator: starting an epoch's iterator must not draw from the global
             # RNG (dropout's), or a run resumed from an end-of-epoch checkpoint would diverge by that
             # draw. Augmentation is seeded per sample and epoch, not by the worker seeds this feeds.
-            generator=torch.Generator().manual_seed(h.seed),
+            generator=torch.Generator().manual_seed(self.training_seed),
         )
         if part != "train":
             return DataLoader(dataset, batch_size=h.eval_batch_size or h.batch_size, shuffle=False, **options)
@@ -430,9 +445,9 @@ class ChestXrayDataModule(L.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         if h.sampler == "rare_findings":
             weights = rare_finding_weights(dataset.labels.numpy().astype(np.uint8), power=h.sampler_power, label_names=self.label_names)
-            sampler = RareFindingSampler(weights, seed=h.seed, num_replicas=world, rank=rank, epoch_tensor=dataset.epoch)
+            sampler = RareFindingSampler(weights, seed=self.training_seed, num_replicas=world, rank=rank, epoch_tensor=dataset.epoch)
         else:
-            sampler = ResumableSampler(dataset, seed=h.seed, num_replicas=world, rank=rank, epoch_tensor=dataset.epoch)
+            sampler = ResumableSampler(dataset, seed=self.training_seed, num_replicas=world, rank=rank, epoch_tensor=dataset.epoch)
         return ResumableDataLoader(dataset, batch_size=h.batch_size, sampler=sampler, progress=self._batches_processed, **options)
 
     def _batches_processed(self) -> int:
@@ -463,6 +478,7 @@ class ChestXrayDataModule(L.LightningDataModule):
         """What a checkpoint needs to encode new inputs like the training data."""
         mean, std = self.normalization_stats
         return {
+            "kind": DATA_STATE_KIND,  # found by this mark, whatever the (sub)class's key in the checkpoint
             "label_names": self.label_names,
             "metadata_encoder": self._fitted_encoder().state(),
             "image_size": self.hparams.image_size,
