@@ -42,3 +42,25 @@ def test_what_the_writer_writes_the_reader_reads_back_exactly(tmp_path):
     again = tmp_path / "from_numpy.csv"
     write_predictions(again, images, probs.numpy(), targets.numpy(), LABELS)
     assert again.read_bytes() == path.read_bytes()
+
+
+def test_a_write_that_fails_midway_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    import errno
+
+    import pandas as pd
+    import pytest
+
+    from cxr_lightning.output_files import OutputFileError
+
+    path = tmp_path / "val_predictions.csv"
+    write_predictions(path, ["00000001_000.png"], torch.tensor([[0.25]]), torch.tensor([[1]]), ["Mass"])
+    before = path.read_text()
+
+    def full_disk(self, target, *args, **kwargs):
+        open(target, "w").write("image,prob_")  # half a file, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    with pytest.raises(OutputFileError, match="disk full writing"):
+        write_predictions(path, ["00000002_000.png"], torch.tensor([[0.75]]), torch.tensor([[0]]), ["Mass"])
+    assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == [path.name]

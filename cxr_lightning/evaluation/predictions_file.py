@@ -16,6 +16,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from cxr_lightning.output_files import atomic_outputs
+
 __all__ = [
     "IMAGE_COLUMN",
     "PredictionsFile",
@@ -56,7 +58,8 @@ def write_predictions(path: str | os.PathLike, image_names: Sequence[str], probs
     probabilities = pd.DataFrame(_numpy(probs), columns=[probability_column(n) for n in label_names])
     labels = pd.DataFrame(_numpy(targets).astype(np.int8), columns=[label_column(n) for n in label_names])
     frame = pd.concat([pd.DataFrame({IMAGE_COLUMN: image_names}), probabilities, labels], axis=1)
-    frame.to_csv(path, index=False, float_format=_FLOAT_FORMAT)
+    with atomic_outputs(path) as (staged,):  # a crash or a full disk never leaves half a file
+        frame.to_csv(staged, index=False, float_format=_FLOAT_FORMAT)
 
 
 def patient_ids_from_images(names: Sequence[str]) -> np.ndarray:

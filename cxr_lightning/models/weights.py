@@ -143,8 +143,8 @@ def safe_torch_load(path: Path, what: str, error: type[Exception], map_location:
         first = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else "")
         raise error(
             f"{what} {path} holds pickled Python objects other than tensors ({first}); it is refused, since "
-            "unpickling them could run code. If you trust its source, re-save its tensors with "
-            "torch.save(state_dict, 'weights.pth') and use that file"
+            "unpickling them could run code. If you trust its source, load it yourself, drop the objects that "
+            "are not tensors or plain values, and save it again"
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, struct.error) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

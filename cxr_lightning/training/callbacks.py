@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from cxr_lightning.evaluation.metrics import best_f1_thresholds, per_label_table
 from cxr_lightning.evaluation.predictions_file import write_predictions
+from cxr_lightning.output_files import atomic_outputs, atomic_write_text
 
 
 class ThresholdTuner(L.Callback):
@@ -50,7 +51,7 @@ class ThresholdTuner(L.Callback):
             path.parent.mkdir(parents=True, exist_ok=True)
             record = {**_weights_source(trainer, pl_module), "num_images": int(len(epoch.indices)),
                       "thresholds": dict(zip(pl_module.label_names, thresholds.tolist()))}  # fmt: skip
-            path.write_text(json.dumps(record, indent=2) + "\n")
+            atomic_write_text(path, json.dumps(record, indent=2) + "\n")
             if self.save_predictions:
                 names = _image_names(trainer.val_dataloaders, epoch.indices)
                 write_predictions(path.parent / "val_predictions.csv", names, epoch.probs, epoch.targets, pl_module.label_names)
@@ -82,11 +83,12 @@ class TestOutputWriter(L.Callback):
         summary["thresholds"] = dict(zip(names, results["thresholds"]))
         summary["num_images"] = int(len(epoch.indices))
         summary.update(_weights_source(trainer, pl_module))
-        (out / "metrics.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
+        atomic_write_text(out / "metrics.json", json.dumps(_finite(summary), indent=2) + "\n")
 
         at_half = per_label_table(metrics["default"])[["f1", "precision", "recall"]].add_suffix("@0.5")
         table = per_label_table(metrics["tuned"]).join(at_half)
-        table.to_csv(out / "per_label.csv", index_label="label")
+        with atomic_outputs(out / "per_label.csv") as (staged,):
+            table.to_csv(staged, index_label="label")
 
         image_names = _image_names(trainer.test_dataloaders, epoch.indices)
         write_predictions(out / "test_predictions.csv", image_names, epoch.probs, epoch.targets, names)
@@ -126,7 +128,8 @@ class PredictionCSVWriter(BasePredictionWriter):
         frame = pd.DataFrame(probs, columns=[f"prob_{n}" for n in labels])
         decisions = pd.DataFrame((probs >= pl_module.thresholds.cpu().numpy()).astype(np.int8), columns=[f"pred_{n}" for n in labels])
         name = "predictions.csv" if trainer.world_size == 1 else f"predictions.rank{trainer.global_rank}.csv"
-        pd.concat([pd.DataFrame({"image": names}), frame, decisions], axis=1).to_csv(out / name, index=False, float_format="%.9g")
+        with atomic_outputs(out / name) as (staged,):
+            pd.concat([pd.DataFrame({"image": names}), frame, decisions], axis=1).to_csv(staged, index=False, float_format="%.9g")
         rank_zero_info(f"[predict] wrote {len(names):,} predictions to {out / name}")
 
 
