@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cxr_lightning.data import download as dl
 from cxr_lightning.data.download import (
     NIH_ARCHIVES,
     Archive,
@@ -27,7 +26,9 @@ from cxr_lightning.data.download import (
     download_nih_images,
     read_md5_file,
     run_download,
+    select_archives,
 )
+from cxr_lightning.data.download.report import human_size
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -208,7 +209,7 @@ def test_full_download_and_extraction(tmp_path, serve, release):
     assert all(rng is None for _, rng in server.requests)
     lines = report.summary_lines()
     assert (
-        lines[0] == f"images_01.tar.gz: downloaded {dl._human(len(blobs['images_01.tar.gz']))} "
+        lines[0] == f"images_01.tar.gz: downloaded {human_size(len(blobs['images_01.tar.gz']))} "
         f"({len(blobs['images_01.tar.gz'])} bytes), extracted 2 images"
     )
     assert lines[-1] == f"6 PNG files in {tmp_path / 'images'}"
@@ -605,7 +606,7 @@ def test_read_md5_file(tmp_path):
         "images_001.tar.gz": "fe8ed0a6961412fddcbb3603c11b3698",
         "images_002.tar.gz": "ab07a2d7cbe6f65ddd97b4ed7bde10bf",
     }
-    chosen = dl.select_archives(["images_01", "images_002"], md5s={"images_001.tar.gz": "a" * 32})
+    chosen = select_archives(["images_01", "images_002"], md5s={"images_001.tar.gz": "a" * 32})
     assert [a.name for a in chosen] == ["images_01.tar.gz", "images_02.tar.gz"]
     assert chosen[0].md5 == "a" * 32 and chosen[0].size is None  # user checksum replaces built-ins
     assert chosen[1] == NIH_ARCHIVES[1]

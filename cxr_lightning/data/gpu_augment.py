@@ -13,22 +13,24 @@ model's ``(B, C, S, S)`` float32 input on the accelerator:
   torchvision for one channel) in an order drawn per sample, then clamp, replicate, normalise.
 
 Given the same parameters, :meth:`BatchAugment.augment` equals torchvision's per-image
-``rotate``/``adjust_brightness``/``adjust_contrast`` up to float rounding. Parameters come either
-from independent random draws (``generator``) or, for resumable deterministic training, from the
-batch: :class:`~cxr_lightning.data.cache.CachedChestXrayDataset` with an ``augmentation`` puts an
+``rotate``/``adjust_brightness``/``adjust_contrast`` up to float rounding. Every sample's parameters
+come from :func:`~cxr_lightning.data.transforms.draw_augmentation`, the per-sample path's own draw:
+either from one ``generator`` in turn or, for resumable deterministic training, from the batch:
+:class:`~cxr_lightning.data.cache.CachedChestXrayDataset` with an ``augmentation`` puts an
 ``augment`` ``(B, 4)`` table in each batch, drawn per sample from ``sample_seed(seed, epoch,
-index)`` in the per-sample path's exact sequence, so both paths augment a sample identically.
+index)``, so both paths augment a sample identically.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
 
 import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from cxr_lightning.data.transforms import normalization_stats
+from cxr_lightning.data.transforms import Augmentation, AugmentationParams, draw_augmentation, normalization_stats
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
@@ -85,29 +87,10 @@ class BatchNormalize(nn.Module):
         return f"channels={self.channels}, normalization={self.normalization!r}"
 
 
-def draw_like_augmentation(
-    rotation_degrees: float, brightness: float, contrast: float, generator: torch.Generator
-) -> tuple[float, float, float, bool]:
-    """``(angle, brightness factor, contrast factor, contrast_first)`` drawn from ``generator`` in
-    exactly the sequence :meth:`cxr_lightning.data.transforms.Augmentation.__call__` draws them.
-
-    So a sample seeded like the per-sample path (``sample_seed(seed, epoch, index)``) gets the
-    very same augmentation on the cache path. A disabled part gives angle 0 / factor 1.
-    """
-    angle = (torch.rand((), generator=generator).item() * 2 - 1) * rotation_degrees if rotation_degrees else 0.0
-    order = torch.randperm(2, generator=generator).tolist()
-    bright = cont = 1.0
-    for op in order:
-        if op == 0 and brightness:
-            bright = 1 + (torch.rand((), generator=generator).item() * 2 - 1) * brightness
-        if op == 1 and contrast:
-            cont = 1 + (torch.rand((), generator=generator).item() * 2 - 1) * contrast
-    return angle, bright, cont, order[0] == 1
-
-
 @dataclass
 class AugmentParams:
-    """Per-sample draws: ``angle`` (degrees), ``brightness`` and ``contrast`` factors and ``contrast_first``."""
+    """A batch's per-sample draws (one :class:`~cxr_lightning.data.transforms.AugmentationParams` a row):
+    ``angle`` (degrees), ``brightness`` and ``contrast`` factors and ``contrast_first``."""
 
     angle: torch.Tensor
     brightness: torch.Tensor
@@ -128,15 +111,17 @@ class AugmentParams:
         return cls(table[:, 0], table[:, 1], table[:, 2], table[:, 3] > 0.5)
 
     @classmethod
-    def from_seeds(cls, seeds, rotation_degrees: float, brightness: float, contrast: float) -> AugmentParams:
-        """One draw per seed, each exactly as the per-sample ``Augmentation`` would draw it from ``Generator().manual_seed(seed)``."""
-        generator = torch.Generator()
-        rows = []
-        for seed in seeds:
-            generator.manual_seed(int(seed))
-            rows.append(draw_like_augmentation(rotation_degrees, brightness, contrast, generator))
-        table = torch.tensor(rows, dtype=torch.float64).reshape(-1, 4)
+    def from_draws(cls, draws: Sequence[AugmentationParams]) -> AugmentParams:
+        """Stack per-sample draws into a batch (float32; drawn in float64, rounded once here)."""
+        table = torch.tensor([astuple(d) for d in draws], dtype=torch.float64).reshape(-1, 4)
         return cls(table[:, 0].float(), table[:, 1].float(), table[:, 2].float(), table[:, 3] > 0.5)
+
+    @classmethod
+    def from_seeds(cls, seeds, rotation_degrees: float, brightness: float, contrast: float) -> AugmentParams:
+        """One draw per seed, exactly as the per-sample ``Augmentation`` draws it from ``Generator().manual_seed(seed)``."""
+        augmentation = Augmentation(rotation_degrees, brightness, contrast)
+        generator = torch.Generator()
+        return cls.from_draws([draw_augmentation(generator.manual_seed(int(seed)), augmentation) for seed in seeds])
 
 
 def rotation_grid(angles_deg: torch.Tensor, height: int, width: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -173,8 +158,9 @@ class BatchAugment(BatchNormalize):
         brightness: brightness factor drawn from [1 - b, 1 + b] (0: none).
         contrast: contrast factor drawn from [1 - c, 1 + c] (0: none).
         channels, normalization: as :class:`BatchNormalize`.
-        generator: default random generator (``forward`` can pass another). Draws are made on the
-            generator's device (the batch's device when there is none) and moved to the batch.
+        generator: default random generator (``forward`` can pass another); each sample's draw is
+            :func:`~cxr_lightning.data.transforms.draw_augmentation` from it in turn, on the
+            generator's device (the global CPU generator when there is none), then moved to the batch.
     """
 
     def __init__(
@@ -190,21 +176,13 @@ class BatchAugment(BatchNormalize):
         self.rotation_degrees = float(rotation_degrees)
         self.brightness = float(brightness)
         self.contrast = float(contrast)
+        self.augmentation = Augmentation(self.rotation_degrees, self.brightness, self.contrast)
         self.generator = generator
 
     def sample_params(self, batch_size: int, device: torch.device | str | None = None, generator: torch.Generator | None = None) -> AugmentParams:
+        """``batch_size`` independent draws from ``generator`` (else the default one), one sample after another."""
         generator = generator if generator is not None else self.generator
-        draw_device = generator.device if generator is not None else (device or "cpu")
-
-        def uniform(spread: float) -> torch.Tensor:  # U[-spread, spread]
-            return (torch.rand(batch_size, generator=generator, device=draw_device) * 2 - 1) * spread
-
-        params = AugmentParams(
-            angle=uniform(self.rotation_degrees),
-            brightness=1 + uniform(self.brightness),
-            contrast=1 + uniform(self.contrast),
-            contrast_first=torch.rand(batch_size, generator=generator, device=draw_device) < 0.5,
-        )
+        params = AugmentParams.from_draws([draw_augmentation(generator, self.augmentation) for _ in range(batch_size)])
         return params.to(device) if device is not None else params
 
     def augment(self, grey: torch.Tensor, params: AugmentParams) -> torch.Tensor:
@@ -254,4 +232,4 @@ class BatchAugment(BatchNormalize):
         )
 
 
-__all__ = ["AugmentParams", "BatchAugment", "BatchNormalize", "draw_like_augmentation", "rotate_batch", "rotation_grid", "to_unit_float"]
+__all__ = ["AugmentParams", "BatchAugment", "BatchNormalize", "rotate_batch", "rotation_grid", "to_unit_float"]

@@ -41,21 +41,53 @@ class Augmentation:
     brightness: float = 0.1
     contrast: float = 0.1
 
-    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augment a ``(1, H, W)`` image in [0, 1]."""
+    def apply(self, image: torch.Tensor, params: AugmentationParams) -> torch.Tensor:
+        """Augment a ``(1, H, W)`` image in [0, 1] with drawn ``params``; disabled parts are skipped."""
         if self.rotation_degrees:
-            angle = (torch.rand((), generator=generator).item() * 2 - 1) * self.rotation_degrees
-            image = F.rotate(image, angle, interpolation=InterpolationMode.BILINEAR, fill=0.0)
-        # ColorJitter draws the order of brightness and contrast at random; we keep that too.
-        order = torch.randperm(2, generator=generator).tolist()
-        for op in order:
-            if op == 0 and self.brightness:
-                factor = 1 + (torch.rand((), generator=generator).item() * 2 - 1) * self.brightness
-                image = F.adjust_brightness(image, factor)
-            if op == 1 and self.contrast:
-                factor = 1 + (torch.rand((), generator=generator).item() * 2 - 1) * self.contrast
-                image = F.adjust_contrast(image, factor)
+            image = F.rotate(image, params.angle, interpolation=InterpolationMode.BILINEAR, fill=0.0)
+        steps = [(self.brightness, F.adjust_brightness, params.brightness), (self.contrast, F.adjust_contrast, params.contrast)]
+        for enabled, adjust, factor in steps[::-1] if params.contrast_first else steps:
+            if enabled:
+                image = adjust(image, factor)
         return image
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Augment a ``(1, H, W)`` image in [0, 1] with parameters drawn from ``generator``."""
+        return self.apply(image, draw_augmentation(generator, self))
+
+
+@dataclass(frozen=True)
+class AugmentationParams:
+    """One sample's draws: rotation ``angle`` (degrees), ``brightness`` and ``contrast`` factors and
+    whether contrast is applied before brightness. A disabled part has angle 0 / factor 1."""
+
+    angle: float = 0.0
+    brightness: float = 1.0
+    contrast: float = 1.0
+    contrast_first: bool = False
+
+
+def draw_augmentation(generator: torch.Generator | None, augmentation: Augmentation) -> AugmentationParams:
+    """The one draw sequence of a sample's augmentation, shared by the per-sample path and the cached
+    batch path (:mod:`cxr_lightning.data.gpu_augment`), so a sample seeded alike is augmented alike.
+
+    Changing the order or number of draws changes every seeded run's augmentation.
+    """
+    device = generator.device if generator is not None else None
+
+    def uniform() -> float:  # U[-1, 1]
+        return torch.rand((), generator=generator, device=device).item() * 2 - 1
+
+    angle = uniform() * augmentation.rotation_degrees if augmentation.rotation_degrees else 0.0
+    # ColorJitter draws the order of brightness and contrast at random; we keep that too.
+    order = torch.randperm(2, generator=generator, device=device).tolist()
+    brightness = contrast = 1.0
+    for op in order:
+        if op == 0 and augmentation.brightness:
+            brightness = 1 + uniform() * augmentation.brightness
+        if op == 1 and augmentation.contrast:
+            contrast = 1 + uniform() * augmentation.contrast
+    return AugmentationParams(angle, brightness, contrast, order[0] == 1)
 
 
 class ImageTransform:

@@ -1,0 +1,5 @@
+"""``python -m cxr_lightning.data.download --root DIR ...`` (same options as ``cxr-lightning data download``)."""
+
+from cxr_lightning.data.download.command import main
+
+raise SystemExit(main())
