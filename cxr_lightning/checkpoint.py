@@ -81,6 +81,11 @@ def is_trusted_class_path(class_path: str, trusted: Iterable[str] = ()) -> bool:
     return any(class_path == entry or module == entry or module.startswith(entry + ".") for entry in allowed)
 
 
+def untrusted_class_message(source: Any, class_path: Any, how_to_trust: str) -> str:
+    return (f"{source}: names the model class {class_path!r}, outside {TRUSTED_PACKAGE}; it was not imported "
+            f"(importing runs its code). If you trust it, pass {how_to_trust}")
+
+
 def model_class(class_path: Any, source: str, trusted: Iterable[str] = ()) -> type[CXRClassifier]:
     """The classifier class a checkpoint names, checked *before* anything is imported.
 
@@ -91,10 +96,7 @@ def model_class(class_path: Any, source: str, trusted: Iterable[str] = ()) -> ty
     if not isinstance(class_path, str) or not _CLASS_PATH.match(class_path):
         raise CheckpointError(f"{source}: the model class {class_path!r} is not a Python class path")
     if not is_trusted_class_path(class_path, trusted):
-        raise CheckpointError(
-            f"{source}: names the model class {class_path!r}, outside {TRUSTED_PACKAGE}; it was not imported "
-            f"(importing runs its code). If you trust it, pass --trust-model-class {class_path}"
-        )
+        raise CheckpointError(untrusted_class_message(source, class_path, f"--trust-model-class {class_path}"))
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)

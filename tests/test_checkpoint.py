@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import stat
 
-import lightning as L
 import pytest
 import torch
 
@@ -13,13 +12,7 @@ from cxr_lightning.checkpoint import load_classifier
 from cxr_lightning.data import ChestXrayDataModule
 from cxr_lightning.models import BaselineCNN, BEiTClassifier, ResNet50Classifier
 from cxr_lightning.models.beit import BeitBackbone, tiny_beit_config
-
-
-def save(model, datamodule, path):
-    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        accelerator="cpu", default_root_dir=path.parent)  # fmt: skip
-    trainer.fit(model, datamodule=datamodule)
-    trainer.save_checkpoint(path, weights_only=False)
+from tests.helpers.checkpoints import train_one_step_and_save
 
 
 def test_beit_from_a_local_directory_reloads_without_that_directory(synthetic_root, tmp_path, monkeypatch):
@@ -30,7 +23,7 @@ def test_beit_from_a_local_directory_reloads_without_that_directory(synthetic_ro
                              num_workers=0, normalization="beit", metadata_encoding="code")  # fmt: skip
     model = BEiTClassifier(pretrained=str(pretrained), metadata_dim=dm.metadata_dim, label_names=dm.label_names)
     model.thresholds.fill_(0.3)
-    save(model, dm, tmp_path / "beit.ckpt")
+    train_one_step_and_save(model, dm, tmp_path / "beit.ckpt")
     for child in pretrained.iterdir():
         child.unlink()
     pretrained.rmdir()  # the pretrained weights are gone: the checkpoint must suffice
@@ -46,7 +39,7 @@ def test_resnet_checkpoint_loads_with_weights_only_and_no_imagenet_file(syntheti
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty_hub"))
     dm = ChestXrayDataModule(data_root=synthetic_root, split="official", val_fraction=0.25, image_size=32, batch_size=4, num_workers=0)
     model = ResNet50Classifier(weights=None, metadata_dim=dm.metadata_dim, label_names=dm.label_names)
-    save(model, dm, tmp_path / "resnet.ckpt")
+    train_one_step_and_save(model, dm, tmp_path / "resnet.ckpt")
     state = torch.load(tmp_path / "resnet.ckpt", weights_only=True)  # no pickled objects
     state["hyper_parameters"]["weights"] = "IMAGENET1K_V2"  # as a real run's checkpoint says
     torch.save(state, tmp_path / "resnet_v2.ckpt")
@@ -102,7 +95,7 @@ class SiteCNN(BaselineCNN):
 def test_checkpoints_of_subclasses_load(synthetic_root, tmp_path):
     dm = SiteDataModule(data_root=synthetic_root, split="official", val_fraction=0.25, image_size=32, batch_size=4, num_workers=0)
     model = SiteCNN(channels=(8, 8, 16, 16, 16), metadata_dim=dm.metadata_dim, label_names=dm.label_names)
-    save(model, dm, tmp_path / "site.ckpt")
+    train_one_step_and_save(model, dm, tmp_path / "site.ckpt")
     assert "SiteDataModule" in torch.load(tmp_path / "site.ckpt", weights_only=True)
     loaded, spec = load_classifier(tmp_path / "site.ckpt", trusted_classes=[SiteCNN.__module__])
     assert type(loaded).__name__ == "SiteCNN" and spec.image_size == 32 and spec.label_names == dm.label_names

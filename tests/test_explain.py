@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,6 +27,7 @@ from cxr_lightning.models import BaselineCNN, BEiTClassifier, ResNet50Classifier
 from cxr_lightning.models.base import CXRClassifier
 from cxr_lightning.models.beit import tiny_beit_config
 from cxr_lightning.models.cnn import CNNBackbone
+from tests.helpers.checkpoints import train_one_step_and_save
 
 
 class MaskedCNN(nn.Module):
@@ -240,11 +240,7 @@ def cnn_checkpoint(synthetic_root, tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("explain")
     dm = ChestXrayDataModule(data_root=synthetic_root, split="official", val_fraction=0.25, image_size=32, batch_size=4, num_workers=0)
     model = BaselineCNN(channels=(8, 8, 16, 16, 16), metadata_dim=dm.metadata_dim, label_names=dm.label_names)
-    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp)  # fmt: skip
-    trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(tmp / "cnn.ckpt", weights_only=False)
-    return tmp / "cnn.ckpt"
+    return train_one_step_and_save(model, dm, tmp / "cnn.ckpt")
 
 
 def test_explain_command_end_to_end_on_synthetic_boxes(cnn_checkpoint, synthetic_root, tmp_path):

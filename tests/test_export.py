@@ -6,7 +6,6 @@ import functools
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import onnx  # noqa: E402,F401 - the dev extra installs the exporters: a missing one is a failure, not a skip
 import onnxruntime as ort  # noqa: E402
@@ -21,6 +20,7 @@ from cxr_lightning.inference.export import export_model, sidecar_path
 from cxr_lightning.inference.export_command import main as export_main
 from cxr_lightning.models import BaselineCNN, BEiTClassifier, ResNet50Classifier
 from cxr_lightning.models.beit import tiny_beit_config
+from tests.helpers.checkpoints import train_one_step_and_save
 
 #: model -> (image size, normalisation, metadata encoding, constructor)
 MODELS = {
@@ -40,11 +40,7 @@ def checkpoints(synthetic_root, tmp_path_factory) -> dict[str, Path]:
                                  num_workers=0, normalization=normalization, metadata_encoding=encoding)  # fmt: skip
         model = build(metadata_dim=dm.metadata_dim, label_names=dm.label_names)
         model.thresholds.copy_(torch.linspace(0.1, 0.9, len(dm.label_names)))
-        trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, accelerator="cpu", default_root_dir=tmp)  # fmt: skip
-        trainer.fit(model, datamodule=dm)
-        paths[name] = tmp / f"{name}.ckpt"
-        trainer.save_checkpoint(paths[name], weights_only=False)
+        paths[name] = train_one_step_and_save(model, dm, tmp / f"{name}.ckpt")
     return paths
 
 

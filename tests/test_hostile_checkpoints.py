@@ -16,7 +16,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 
@@ -26,6 +25,7 @@ from cxr_lightning.data import ChestXrayDataModule
 from cxr_lightning.models import BaselineCNN, ResNet50Classifier
 from cxr_lightning.models.base import MODEL_CLASS_KEY
 from cxr_lightning.models.weights import WeightsFileError, load_state_dict_file
+from tests.helpers.checkpoints import train_one_step_and_save
 
 
 class Payload:
@@ -51,11 +51,7 @@ class Evil(BaselineCNN):
 
 def fit_and_save(model, root: Path, path: Path) -> Path:
     dm = ChestXrayDataModule(data_root=root, split="official", val_fraction=0.25, image_size=32, batch_size=8, num_workers=0)
-    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", default_root_dir=path.parent)  # fmt: skip
-    trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(path, weights_only=False)
-    return path
+    return train_one_step_and_save(model, dm, path)
 
 
 @pytest.fixture(scope="module")

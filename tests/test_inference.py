@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,6 +23,7 @@ from cxr_lightning.inference.metadata_table import read_metadata_table  # noqa: 
 from cxr_lightning.inference.predict_command import main as predict_main  # noqa: E402
 from cxr_lightning.inference.predictor import Predictor  # noqa: E402
 from cxr_lightning.models import BaselineCNN  # noqa: E402
+from tests.helpers.checkpoints import train_one_step_and_save
 
 
 def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12, raw: bytes | None = None,
@@ -162,12 +162,7 @@ def cnn_checkpoint(synthetic_root, tmp_path_factory) -> Path:
     model = BaselineCNN(channels=(8, 8, 16, 16, 16), metadata_dim=dm.metadata_dim, label_names=dm.label_names)
     model.thresholds.fill_(0.5)
     model.thresholds[0], model.thresholds[1] = 0.0, 1.0
-    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp)  # fmt: skip
-    trainer.fit(model, datamodule=dm)
-    path = tmp / "cnn.ckpt"
-    trainer.save_checkpoint(path, weights_only=False)
-    return path
+    return train_one_step_and_save(model, dm, tmp / "cnn.ckpt")
 
 
 def reference_probs(checkpoint: Path, grey: torch.Tensor, age: float, sex: str, view: str) -> np.ndarray:

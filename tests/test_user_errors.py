@@ -16,7 +16,6 @@ import re
 import shutil
 from pathlib import Path
 
-import lightning as L
 import pandas as pd
 import pytest
 
@@ -27,6 +26,7 @@ from cxr_lightning.data.datamodule import ConfigValueError
 from cxr_lightning.data.metadata import MetadataError, packaged_file
 from cxr_lightning.models import BaselineCNN
 from tests.conftest import NIH_HEADER
+from tests.helpers.checkpoints import train_one_step_and_save
 from tests.test_report import METRICS, fake_run
 
 
@@ -265,11 +265,7 @@ def checkpoint(synthetic_root, tmp_path_factory) -> Path:
         data_root=synthetic_root, split="official", val_fraction=0.25, image_size=32, batch_size=4, num_workers=0
     )
     model = BaselineCNN(channels=(8, 8, 8, 8, 8), metadata_dim=dm.metadata_dim, label_names=dm.label_names)
-    trainer = L.Trainer(max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", default_root_dir=tmp)  # fmt: skip
-    trainer.fit(model, datamodule=dm)
-    trainer.save_checkpoint(tmp / "cnn.ckpt", weights_only=False)
-    return tmp / "cnn.ckpt"
+    return train_one_step_and_save(model, dm, tmp / "cnn.ckpt")
 
 
 def read_only(monkeypatch, folder: Path, error: int = errno.EROFS) -> None:

@@ -12,7 +12,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 
-from cxr_lightning.checkpoint import FILE_ARGUMENTS, CheckpointError, is_trusted_class_path, read_checkpoint
+from cxr_lightning.checkpoint import (
+    FILE_ARGUMENTS,
+    CheckpointError,
+    is_trusted_class_path,
+    read_checkpoint,
+    untrusted_class_message,
+)
 from cxr_lightning.data.datamodule import ChestXrayDataModule
 from cxr_lightning.models.base import CXRClassifier
 from cxr_lightning.training.callbacks import PredictionCSVWriter, TestOutputWriter, ThresholdTuner
@@ -118,10 +124,7 @@ class CXRLightningCLI(LightningCLI):
         if class_path is not None:
             trusted = [*config.get("trust_model_class", []), *([configured] if configured else [])]
             if not isinstance(class_path, str) or not is_trusted_class_path(class_path, trusted):
-                raise CheckpointError(
-                    f"{path}: names the model class {class_path!r}, outside cxr_lightning; it was not imported "
-                    f"(importing runs its code). If you trust it, pass --model {class_path} or --trust_model_class '[{class_path}]'"
-                )
+                raise CheckpointError(untrusted_class_message(path, class_path, f"--model {class_path} or --trust_model_class '[{class_path}]'"))
             hparams = {"class_path": class_path, "dict_kwargs": hparams}
         try:
             self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
