@@ -2,7 +2,7 @@
 
 Synthetic predictions of 25,596 images x 15 labels (NIH-like prevalences) grouped like the real
 NIH test set: by default the patient structure of the packaged official ``test_list.txt`` (2,797
-patients, 9.2 images each on average, median 2, up to 184); with ``--synthetic-patients`` ~2,800
+patients, 9.2 images each on average, median 2, up to 184); with ``--synthetic_patients`` ~2,800
 synthetic patients of ~9 images. Labels and scores are correlated within patients. Times:
 
 * ``bootstrap_ci``: patient-cluster bootstrap, all macro metrics + per-label AUROC intervals;
@@ -11,7 +11,7 @@ synthetic patients of ~9 images. Labels and scores are correlated within patient
 * ``delong_test``: one label.
 
     python benchmarks/bootstrap_delong.py                 # 2,000 resamples, best of 3 runs
-    python benchmarks/bootstrap_delong.py --resamples 500 --repeat 1 --synthetic-patients
+    python benchmarks/bootstrap_delong.py --resamples 500 --repeat 1 --synthetic_patients
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+from cxr_lightning.cli.parser import CommandParser
 from cxr_lightning.data.labels import LABELS, NO_FINDING
 from cxr_lightning.data.metadata import packaged_file
 from cxr_lightning.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_test
@@ -86,10 +87,10 @@ def best_time(fn, repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--synthetic-patients", action="store_true", help="synthetic grouping instead of the NIH test list")
-    parser.add_argument("--images", type=int, default=25_596, help="with --synthetic-patients")
-    parser.add_argument("--patients", type=int, default=2_800, help="with --synthetic-patients")
+    parser = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--synthetic_patients", action="store_true", help="synthetic grouping instead of the NIH test list")
+    parser.add_argument("--images", type=int, default=25_596, help="with --synthetic_patients")
+    parser.add_argument("--patients", type=int, default=2_800, help="with --synthetic_patients")
     parser.add_argument("--resamples", type=int, default=2_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per row; the fastest is reported")
     parser.add_argument("--seed", type=int, default=0)

@@ -14,7 +14,6 @@ number of intra-op threads, and each row is the median / p90 of ``--runs`` timed
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import statistics
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxr_lightning.cli.parser import CommandParser
 from cxr_lightning.inference.export import ProbabilityModel, _export_onnx
 from cxr_lightning.models import ResNet50Classifier
 
@@ -47,14 +47,14 @@ def cpu_name() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image-size", type=int, default=224)
+    parser = CommandParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for both runtimes (default 2)")
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls per runtime, spread over the rounds")
     parser.add_argument("--rounds", type=int, default=5, help="blocks per runtime, alternating runtimes (default 5)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (17: legacy exporter, 18+: torch.export-based)")
-    parser.add_argument("--channels-last", action="store_true", help="also time eager PyTorch with channels-last memory format")
+    parser.add_argument("--channels_last", action="store_true", help="also time eager PyTorch with channels-last memory format")
     args = parser.parse_args(argv)
 
     import onnxruntime as ort

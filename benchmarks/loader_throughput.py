@@ -1,7 +1,7 @@
 """Data-loading throughput: the per-sample PNG path against the uint8 image cache, in images/s.
 
 Both paths read the same real NIH PNGs (a folder of them, repeated under distinct names up to
-``--num-images``), with the same batch size, worker count and a shuffling sampler:
+``--num_images``), with the same batch size, worker count and a shuffling sampler:
 
 (a) the per-sample PNG path: ``ChestXrayDataset`` + ``ImageTransform`` (decode, resize, train
     augmentation on or off, replicate to 3 channels, normalise) + default collate;
@@ -15,12 +15,11 @@ whole rounds of ``workers`` batches (each worker fills a batch in parallel, so t
 first batch would double-count); the cache path after a warm-up of ``2 * workers`` batches.
 
     python benchmarks/loader_throughput.py                                  # defaults below
-    python benchmarks/loader_throughput.py --images /data/nih/images --num-images 20000 --workers 8
+    python benchmarks/loader_throughput.py --images /data/nih/images --num_images 20000 --workers 8
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import shutil
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
+from cxr_lightning.cli.parser import CommandParser
 from cxr_lightning.data.cache import CachedChestXrayDataset, build_cache, cached_collate, open_cache
 from cxr_lightning.data.dataset import ChestXrayDataset
 from cxr_lightning.data.gpu_augment import BatchAugment
@@ -99,17 +99,17 @@ def loader(dataset, args, workers: int, collate_fn=None, total: int = 10_000_000
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = CommandParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of real NIH PNGs (default: ../shared/data/nih/images)")
-    parser.add_argument("--num-images", type=int, default=3000, help="images in the dataset (the folder's PNGs repeated under new names)")
-    parser.add_argument("--size", type=int, default=224, help="model input / cache side")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--num_images", type=int, default=3000, help="images in the dataset (the folder's PNGs repeated under new names)")
+    parser.add_argument("--image_size", type=int, default=224, help="model input / cache side")
+    parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers and cache-building processes")
-    parser.add_argument("--png-seconds", type=float, default=25.0, help="time budget per PNG-path configuration")
-    parser.add_argument("--cache-seconds", type=float, default=8.0, help="time budget per cache-path configuration")
+    parser.add_argument("--png_seconds", type=float, default=25.0, help="time budget per PNG-path configuration")
+    parser.add_argument("--cache_seconds", type=float, default=8.0, help="time budget per cache-path configuration")
     parser.add_argument("--workdir", type=Path, default=None, help="where the temporary root and cache go (default: a temp dir)")
-    parser.add_argument("--skip-png", action="store_true", help="only the cache path")
-    parser.add_argument("--no-extra", action="store_true", help="skip the extra cache-path rows (workers 0, per-sample fetch, CPU augmentation)")
+    parser.add_argument("--skip_png", action="store_true", help="only the cache path")
+    parser.add_argument("--no_extra", action="store_true", help="skip the extra cache-path rows (workers 0, per-sample fetch, CPU augmentation)")
     args = parser.parse_args(argv)
 
     images = args.images.resolve()
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; torch {torch.__version__}; "
             f"{len(names):,} images ({len({p.resolve() for p in paths})} distinct NIH PNGs from {images}); "
-            f"batch {args.batch_size}, workers {args.workers}, size {args.size}",
+            f"batch {args.batch_size}, workers {args.workers}, size {args.image_size}",
             flush=True,
         )
         rows: list[tuple[str, int, float, int, float]] = []
@@ -135,20 +135,20 @@ def main(argv: list[str] | None = None) -> int:
         png_rates: dict[bool, float] = {}
         if not args.skip_png:
             for augment in (True, False):
-                transform = ImageTransform(args.size, 3, "imagenet", Augmentation() if augment else None)
+                transform = ImageTransform(args.image_size, 3, "imagenet", Augmentation() if augment else None)
                 dataset = ChestXrayDataset(paths, labels, metadata, transform)
-                label = f"PNG per-sample, float (3,{args.size},{args.size}), {'train (augment on)' if augment else 'eval (augment off)'}"
+                label = f"PNG per-sample, float (3,{args.image_size},{args.image_size}), {'train (augment on)' if augment else 'eval (augment off)'}"
                 record(label, args.workers, timed_iteration(loader(dataset, args, args.workers), args.png_seconds, 0, rounds))
                 png_rates[augment] = rows[-1][2]
 
         start = time.perf_counter()
-        report = build_cache(root, names, args.size, out=workdir / "cache", workers=args.workers, progress=False)
+        report = build_cache(root, names, args.image_size, out=workdir / "cache", workers=args.workers, progress=False)
         build_seconds = time.perf_counter() - start
         print(f"  cache build: {report.summary()}", flush=True)
-        cache = open_cache(None, args.size, path=workdir / "cache")
+        cache = open_cache(None, args.image_size, path=workdir / "cache")
         train = CachedChestXrayDataset(cache, names, labels, metadata, seed=0, augmentation=Augmentation())
         evaluation = CachedChestXrayDataset(cache, names, labels, metadata)
-        shape = f"uint8 (1,{args.size},{args.size})"
+        shape = f"uint8 (1,{args.image_size},{args.image_size})"
         train_label = f"cache, {shape} + per-sample augment params, train"
         eval_label = f"cache, {shape}, eval"
         cache_timing = (args.cache_seconds, 2 * rounds, rounds)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         record(eval_label, args.workers, timed_iteration(loader(evaluation, args, args.workers, cached_collate), *cache_timing))
         if not args.no_extra:
             # What pin_memory does with each batch: one copy into a staging buffer (reads every byte).
-            staging = torch.empty((args.batch_size, 1, args.size, args.size), dtype=torch.uint8)
+            staging = torch.empty((args.batch_size, 1, args.image_size, args.image_size), dtype=torch.uint8)
 
             def copy(batch: dict) -> None:
                 staging.copy_(batch["image"])
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {label} | {workers} | {rate:,.0f} | {ratio} | {count:,} img / {elapsed:.1f} s |")
         rate = report.decoded / build_seconds
         print(
-            f"| cache build ({len(names):,} PNGs -> {args.size}px uint8) | {args.workers} | {rate:,.0f} | - | "
+            f"| cache build ({len(names):,} PNGs -> {args.image_size}px uint8) | {args.workers} | {rate:,.0f} | - | "
             f"{build_seconds:.1f} s; all 112,120 NIH images: ~{112_120 / rate / 60:.0f} min |"
         )
         results = {label: r for label, _, r, _, _ in rows}

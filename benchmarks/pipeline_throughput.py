@@ -8,7 +8,7 @@ that already sits on the device. The ratio says how much the input pipeline cost
 the pipeline within 10% of the on-device input, a ratio of at least 0.90).
 
     python benchmarks/pipeline_throughput.py                                   # CPU: CNN, 64x64
-    python benchmarks/pipeline_throughput.py --device cuda --models resnet50 beit_base --image-size 224 --batch-size 256 --precision bf16
+    python benchmarks/pipeline_throughput.py --device cuda --models resnet50 beit_base --image_size 224 --batch_size 256 --precision bf16
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from cxr_lightning.cli.parser import CommandParser
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_step_throughput import build  # noqa: E402
@@ -87,7 +89,7 @@ def cached_dataset(root: Path, num_images: int, image_size: int) -> Path:
 
     if not (root / "images").is_dir():
         generate_synthetic_dataset(root, num_images, image_size, seed=0, progress=False)
-        cli(["data", "prepare", "--root", str(root), "--size", str(image_size), "--no-progress"])
+        cli(["data", "prepare", "--root", str(root), "--size", str(image_size), "--no_progress"])
     return root
 
 
@@ -96,11 +98,12 @@ def pipeline_rates(name: str, root: Path, args: argparse.Namespace) -> dict[str,
     import lightning as L
 
     from cxr_lightning.data import ChestXrayDataModule
+    from cxr_lightning.data.options import ImageOptions, LoadingOptions, SplitOptions
 
-    dm = ChestXrayDataModule(data_root=root, split="patient", fractions=(0.9, 0.05, 0.05), image_size=args.image_size,
-                             batch_size=args.batch_size, num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
-                             persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
-                             image_cache="required")  # fmt: skip
+    loading = LoadingOptions(batch_size=args.batch_size, num_workers=args.workers, pin_memory=args.device.startswith("cuda"),
+                             persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None)
+    dm = ChestXrayDataModule(data_root=root, split=SplitOptions(name="patient", fractions=(0.9, 0.05, 0.05)),
+                             images=ImageOptions(size=args.image_size, cache="required"), loading=loading)  # fmt: skip
     dm.setup("fit")
     result = {}
     for source in ("pipeline", "on-device"):
@@ -139,10 +142,10 @@ def table(rows: list[dict], args: argparse.Namespace) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", nargs="+", choices=PIPELINE_MODELS, default=["cnn"])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--precision", choices=tuple(PRECISION), default="32")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--images", type=int, default=2000, help="synthetic images in the cached dataset")
@@ -151,7 +154,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:

@@ -13,7 +13,7 @@ model: ``gpu_all.py`` measures that (the cached pipeline against on-device input
 own per-step overhead, checkpoint writing and start-up are left out, so it is a lower bound.
 
     python benchmarks/reproduction_time.py                                       # this machine, rows as configured
-    python benchmarks/reproduction_time.py --device cuda --precision bf16 --channels-last
+    python benchmarks/reproduction_time.py --device cuda --precision bf16 --channels_last
     python benchmarks/reproduction_time.py --all --epochs 20                     # imbalance rows too; every row 20 epochs
 """
 
@@ -24,6 +24,7 @@ import importlib
 import multiprocessing
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from train_step_throughput import BEIT_BASE, inference_seconds, synthetic_batch, training_seconds  # noqa: E402
 
 from cxr_lightning.cli.configs import shipped_config  # noqa: E402
+from cxr_lightning.cli.parser import CommandParser
+from cxr_lightning.data.options import DataOptions  # noqa: E402
 from cxr_lightning.evaluation.paper_results import ALL_RUNS, PAPER_RUNS  # noqa: E402
 
 # Only these init arguments change what a step computes; the rest (lr, scheduler, loss weights) do not.
@@ -45,18 +48,19 @@ def row_spec(row: str, batch_size: int | None) -> dict:
     if path is None:
         raise SystemExit(f"no shipped config for row {row!r}")
     config = yaml.safe_load(path.read_text())
-    model, data = config["model"], config["data"]
+    model, data = config["model"], DataOptions.from_config(config["data"])  # a config of either layout, defaults filled
+    data = replace(data, images=data.images.resolved())
     init = {k: v for k, v in (model.get("init_args") or {}).items() if k in SHAPE_ARGS}
-    batch = batch_size or int(data.get("batch_size", 32))
+    batch = batch_size or int(data.loading.batch_size)
     return {
         "row": row,
         "class_path": model["class_path"],
         "init": init,
-        "size": int(data.get("image_size", 224)),
-        "channels": int(data.get("image_channels", 3)),
-        "encoding": data.get("metadata_encoding", "onehot"),
+        "size": int(data.images.size),
+        "channels": int(data.images.channels),
+        "encoding": data.metadata.encoding,
         "batch": batch,
-        "eval_batch": batch_size or int(data.get("eval_batch_size") or batch),
+        "eval_batch": batch_size or int(data.loading.eval_batch_size or batch),
         "epochs": int(config["trainer"].get("max_epochs", 20)),
     }
 
@@ -142,17 +146,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", nargs="+", help="row names (default: the paper's 9 rows)")
     parser.add_argument("--all", action="store_true", help="the imbalance rows too")
     parser.add_argument("--epochs", type=int, help="epochs for every row in the per-row column (default: each config's)")
-    parser.add_argument("--batch-size", type=int, help="measure at this batch size instead of each config's (small CPUs)")
+    parser.add_argument("--batch_size", type=int, help="measure at this batch size instead of each config's (small CPUs)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=("32", "bf16", "16"), default="32")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CommandParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args()
     started = time.perf_counter()

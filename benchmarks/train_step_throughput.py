@@ -4,7 +4,7 @@ One step = forward, weighted BCE loss, backward and an Adam update, exactly the 
 CLI trains (pretrained weights are not needed for speed, so backbones start random).
 
     python benchmarks/train_step_throughput.py                       # CPU, 64x64, batch 16
-    python benchmarks/train_step_throughput.py --device cuda --image-size 224 --batch-size 128 --precision bf16
+    python benchmarks/train_step_throughput.py --device cuda --image_size 224 --batch_size 128 --precision bf16
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ import time
 
 import torch
 
-from cxr_lightning.models import BaselineCNN, BEiTClassifier, ResNet50Classifier
+from cxr_lightning.cli.parser import CommandParser
+from cxr_lightning.models import BackboneClassifier, BaselineCNN, BEiTClassifier, ResNet50Classifier
 
+#: named backbones measured beside the paper's three: CheXNet's DenseNet-121, a timm model, a torchxrayvision model
+NAMED = {"densenet121": "torchvision/densenet121", "convnext_tiny": "timm/convnext_tiny", "xrv_densenet121": "xrv/densenet121-res224-all"}
 BEIT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072, "patch_size": 16}
 
 
@@ -34,6 +37,9 @@ def build(name: str, image_size: int, **options):
         return ResNet50Classifier(weights=None, high_res_stem=True, **options), 1, image_size * 4
     if name == "beit_base":
         return BEiTClassifier(config={**BEIT_BASE, "image_size": image_size}, **options), 3, image_size
+    if name in NAMED:
+        model = BackboneClassifier(backbone=NAMED[name], weights=None, **options)
+        return model, model.input_facts.channels, image_size
     raise ValueError(name)
 
 
@@ -133,13 +139,13 @@ def measure(name: str, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["cnn", "resnet50", "resnet50_stem", "beit_base"])
+    parser = CommandParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["cnn", "resnet50", "resnet50_stem", "beit_base", *NAMED])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--image_size", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--precision", choices=("32", "bf16", "16"), default="32")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)

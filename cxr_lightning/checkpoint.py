@@ -29,7 +29,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from cxr_lightning.data.datamodule import DATA_STATE_KIND
 from cxr_lightning.data.encoding import MetadataEncoder
 from cxr_lightning.data.transforms import ImageTransform
-from cxr_lightning.models.base import MODEL_CLASS_KEY, CXRClassifier
+from cxr_lightning.models.base import CLASS_PATH_KEY, LEGACY_MODEL_CLASS_KEY, CXRClassifier
 from cxr_lightning.models.classifiers import BEIT_ARCHITECTURE_KEY
 from cxr_lightning.models.weights import safe_torch_load
 
@@ -90,13 +90,13 @@ def model_class(class_path: Any, source: str, trusted: Iterable[str] = ()) -> ty
     """The classifier class a checkpoint names, checked *before* anything is imported.
 
     Importing a module runs its code, so a class path outside this package is refused unless the
-    user lists it (or its module) in ``trusted`` (``--trust-model-class``).
+    user lists it (or its module) in ``trusted`` (``--trust_model_class``).
     """
     trusted = list(trusted)
     if not isinstance(class_path, str) or not _CLASS_PATH.match(class_path):
         raise CheckpointError(f"{source}: the model class {class_path!r} is not a Python class path")
     if not is_trusted_class_path(class_path, trusted):
-        raise CheckpointError(untrusted_class_message(source, class_path, f"--trust-model-class {class_path}"))
+        raise CheckpointError(untrusted_class_message(source, class_path, f"--trust_model_class {class_path}"))
     module, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module), name)
@@ -107,9 +107,20 @@ def model_class(class_path: Any, source: str, trusted: Iterable[str] = ()) -> ty
     return cls
 
 
+def recorded_class_path(checkpoint: dict[str, Any]) -> Any:
+    """The model class path a checkpoint records, unchecked, or None.
+
+    ``hyper_parameters["_class_path"]``, where LightningCLI and the model's own ``on_save_checkpoint``
+    record it; checkpoints written before the model did keep it under a top-level legacy key.
+    """
+    hyper_parameters = checkpoint.get("hyper_parameters")
+    recorded = hyper_parameters.get(CLASS_PATH_KEY) if isinstance(hyper_parameters, dict) else None
+    return recorded or checkpoint.get(LEGACY_MODEL_CLASS_KEY)
+
+
 def add_trust_argument(parser: argparse.ArgumentParser) -> None:
-    """``--trust-model-class``: the one way to let a checkpoint name a model class outside this package."""
-    parser.add_argument("--trust-model-class", dest="trusted_classes", action="append", default=[], metavar="CLASS",
+    """``--trust_model_class``: the one way to let a checkpoint name a model class outside this package."""
+    parser.add_argument("--trust_model_class", dest="trusted_classes", action="append", default=[], metavar="CLASS",
                         help="a model class path (or its module) outside cxr_lightning that the checkpoint may name; "
                         "importing it runs its code, so only for code you trust (repeatable)")  # fmt: skip
 
@@ -158,9 +169,9 @@ def load_classifier(
     path = Path(path)
     checkpoint = read_checkpoint(path, map_location)
     hyper_parameters = checkpoint.get("hyper_parameters") or {}
-    class_path = checkpoint.get(MODEL_CLASS_KEY) or (hyper_parameters.get("_class_path") if isinstance(hyper_parameters, dict) else None)
+    class_path = recorded_class_path(checkpoint)
     if class_path is None:
-        raise CheckpointError(f"{path}: no model class recorded ({MODEL_CLASS_KEY}); was it written by cxr-lightning fit?")
+        raise CheckpointError(f"{path}: no model class recorded (hyper_parameters[{CLASS_PATH_KEY!r}]); was it written by cxr-lightning fit?")
     cls = model_class(class_path, str(path), trusted_classes)
     if not isinstance(hyper_parameters, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{path}: no hyper_parameters or state_dict; was it written by cxr-lightning fit?")

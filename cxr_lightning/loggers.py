@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 from lightning.pytorch.loggers import WandbLogger
@@ -46,6 +48,7 @@ class SafeWandbLogger(WandbLogger):
                                "(upload later with `wandb sync`)")  # fmt: skip
                 offline = True
         super().__init__(*args, offline=offline, **kwargs)
+        self.offline = offline  # whether the run is (or has fallen back to) offline
 
     @property
     @rank_zero_experiment
@@ -53,10 +56,23 @@ class SafeWandbLogger(WandbLogger):
         try:
             return WandbLogger.experiment.fget(self)
         except Exception as err:  # noqa: BLE001 - any failure of the W&B service must not stop training
-            if self._offline:
+            if self.offline:
                 raise
             rank_zero_warn(f"W&B could not start an online run ({type(err).__name__}: {err}); logging offline instead")
-            self._offline = True
-            self._experiment = None
-            self._wandb_init["mode"] = "offline"
-            return WandbLogger.experiment.fget(self)
+            self.offline = True
+            with _wandb_offline_mode():
+                return WandbLogger.experiment.fget(self)
+
+
+@contextmanager
+def _wandb_offline_mode() -> Iterator[None]:
+    """``wandb.init`` starts offline runs inside (W&B's ``WANDB_MODE`` setting), as it did before outside."""
+    previous = os.environ.get("WANDB_MODE")
+    os.environ["WANDB_MODE"] = "offline"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("WANDB_MODE", None)
+        else:
+            os.environ["WANDB_MODE"] = previous

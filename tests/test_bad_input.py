@@ -32,8 +32,9 @@ def damaged_root(synthetic_root, tmp_path):
     return root, victims
 
 
-def module(root, **kwargs):
-    return ChestXrayDataModule(data_root=root, split="official", val_fraction=0.25, image_size=32, batch_size=8, **{"num_workers": 0, **kwargs})
+def module(root, on_bad: str = "error", num_workers: int = 0):
+    return ChestXrayDataModule(data_root=root, split={"name": "official", "val_fraction": 0.25}, images={"size": 32, "on_bad": on_bad},
+                               loading={"batch_size": 8, "num_workers": num_workers})  # fmt: skip
 
 
 def test_default_policy_names_the_missing_and_the_unreadable_file(damaged_root):
@@ -51,7 +52,7 @@ def test_default_policy_names_the_missing_and_the_unreadable_file(damaged_root):
 
 def test_skip_policy_counts_and_reports_and_labels_stay_with_their_images(damaged_root):
     root, victims = damaged_root
-    dm = module(root, on_bad_image="skip", num_workers=2)
+    dm = module(root, on_bad="skip", num_workers=2)
     with pytest.warns(UserWarning, match=rf"skipping 1 missing (train|val) images.*{victims[0]}"):
         dm.setup("fit")
     csv = pd.read_csv(root / "Data_Entry_2017_v2020.csv").set_index("Image Index")

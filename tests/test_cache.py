@@ -21,6 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as F
 
+from cxr_lightning.cli.parser import CommandParser
 from cxr_lightning.data.cache import (
     CacheBuildError,
     CachedChestXrayDataset,
@@ -267,10 +268,10 @@ def test_a_root_without_images_fails_before_anything_is_allocated(tmp_path, caps
     with pytest.raises(DataNotFoundError, match=r"no images under .*nih/images"):
         build_cache(tmp_path / "nih", ["a.png", "b.png"], 224, workers=0, progress=False)
     assert not (tmp_path / "nih" / "cache").exists()
-    parser = argparse.ArgumentParser()
+    parser = CommandParser()
     add_prepare_arguments(parser)
     assert run_prepare(parser.parse_args(["--root", str(tmp_path / "nih"), "--size", "224", "--no-progress"])) == 1
-    assert "cxr-lightning data download --root" in capsys.readouterr().err
+    assert "cxr-lightning data download --data_root" in capsys.readouterr().err
     assert not (tmp_path / "nih" / "cache").exists()
 
 
@@ -460,7 +461,9 @@ def test_dataset_batches_keep_names_labels_and_metadata_together(mixed_root, wor
     assert torch.equal(batch["image"], fast["image"][order]) and batch["name"] == [fast["name"][i] for i in order]
 
 
-@pytest.mark.parametrize("augmentation", [Augmentation(), Augmentation(0, 0.1, 0), Augmentation(10, 0, 0.1)])
+@pytest.mark.parametrize(
+    "augmentation", [Augmentation(), Augmentation(0, 0.1, 0), Augmentation(10, 0, 0.1), Augmentation(10, 0.1, 0.1, horizontal_flip=0.5)]
+)
 def test_cache_path_augments_each_sample_like_the_png_path(mixed_root, augmentation):
     """Same (seed, epoch, index) -> the same draws; on the device the result equals the PNG path's up to uint8 rounding."""
     root, names = mixed_root
@@ -469,12 +472,16 @@ def test_cache_path_augments_each_sample_like_the_png_path(mixed_root, augmentat
     cached = CachedChestXrayDataset(open_cache(root, 32), names, labels, metadata, seed=7, augmentation=augmentation)
     png = ChestXrayDataset([root / "images" / n for n in names], labels, metadata, ImageTransform(32, 1, "none", augmentation), seed=7)
     a = augmentation
-    device_side = BatchAugment(a.rotation_degrees, a.brightness, a.contrast, channels=1, normalization="none")
+    device_side = BatchAugment(
+        a.rotation_degrees, a.brightness, a.contrast, channels=1, normalization="none", horizontal_flip=a.horizontal_flip
+    )
     for epoch in (0, 3):
         cached.epoch.fill_(epoch)
         png.epoch.fill_(epoch)
         batch = cached_collate(cached.__getitems__(list(range(len(names)))[::-1]))
-        assert batch["augment"].shape == (len(names), 4) and batch["augment"].dtype == torch.float32
+        assert batch["augment"].shape == (len(names), 5) and batch["augment"].dtype == torch.float32
+        flips = batch["augment"][:, 4]  # the flip column: some samples mirrored, some not, when flips are on
+        assert (0 < flips.sum() < len(names)) if a.horizontal_flip else not flips.any()
         out = device_side(batch["image"], params=batch["augment"])
         for image, index in zip(out, batch["index"].tolist()):
             expected = png[index]["image"]
@@ -522,7 +529,7 @@ def test_image_cache_pickles_without_its_array(mixed_root):
 
 
 def prepare_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
+    parser = CommandParser()
     add_prepare_arguments(parser)
     return parser.parse_args(list(argv))
 

@@ -54,6 +54,6 @@ def test_the_printed_training_command_trains_on_the_synthetic_data_in_its_own_fo
     assert main(["data", "synth", "--out", "synthetic", "--num-images", "120", "--image-size", "32", "--seed", "2"]) == 0
     command = capsys.readouterr().out.splitlines()[-1].removeprefix("train with: ")
     args = shlex.split(command)
-    assert args[:2] == ["cxr-lightning", "fit"] and "--trainer.default_root_dir=runs/synthetic" in args and "--data.image_size=32" in args
+    assert args[:2] == ["cxr-lightning", "fit"] and "--trainer.default_root_dir=runs/synthetic" in args and "--data.images.size=32" in args
     main(args[1:] + ["--trainer.max_epochs=1", "--data.num_workers=0", "--trainer.logger=false"])
     assert (tmp_path / "runs" / "synthetic" / "metrics.json").is_file() and not (tmp_path / "runs" / "demo").exists()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cxr_lightning.cli.parser import CommandParser
 from cxr_lightning.data.download import (
     NIH_ARCHIVES,
     Archive,
@@ -499,14 +500,14 @@ def test_corrupt_archive_is_deleted(tmp_path, serve):
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
+    parser = CommandParser()
     add_download_arguments(parser)
     return parser.parse_args(argv)
 
 
 def test_cli_options():
     args = _parse(["--root", "/x"])
-    assert args.root == Path("/x")
+    assert args.data_root == Path("/x")
     assert args.only is None and args.base_url is None and args.md5_file is None
     assert not args.keep_archives and not args.no_extract and args.timeout == 60
     with pytest.raises(SystemExit):
@@ -650,7 +651,7 @@ def test_local_mirror_without_the_archive_names_the_missing_file(tmp_path, relea
     args = _parse(["--root", str(tmp_path / "nih"), "--base-url", str(mirror), "--only", "2", "--no-progress"])
     assert run_download(args) == 1
     err = capsys.readouterr().err
-    assert f"local mirror file {mirror / 'images_02.tar.gz'}" in err and "does not exist" in err and "--base-url" in err
+    assert f"local mirror file {mirror / 'images_02.tar.gz'}" in err and "does not exist" in err and "--base_url" in err
 
 
 @pytest.mark.parametrize(

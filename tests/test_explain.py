@@ -216,7 +216,8 @@ def test_localization_scales_nih_sized_boxes_to_the_model_input(tmp_path):
     assert per_box["box_area_fraction"].iloc[0] == pytest.approx(16 * 16 / 64**2)
     overlays = sorted(p.name for p in (tmp_path / "ov").glob("*.png"))
     assert overlays == ["square__a.png", "square__b.png", "wide__a.png"]
-    assert Image.open(tmp_path / "ov" / "wide__a.png").size == (2048, 1024)  # drawn on the original image
+    drawn = Image.open(tmp_path / "ov" / "wide__a.png")  # drawn on the original image, with a colour bar and a caption
+    assert drawn.size[0] > 2048 and drawn.size[1] > 1024 and drawn.crop((0, 0, 2048, 1024)).size == (2048, 1024)
 
 
 def test_overlay_writes_a_blended_png(tmp_path):
@@ -225,9 +226,27 @@ def test_overlay_writes_a_blended_png(tmp_path):
     heat[2, 3] = 1.0
     path = overlay(grey, heat, tmp_path / "o" / "x.png", boxes=[(0, 0, 20, 20)], title="test")
     picture = np.asarray(Image.open(path))
-    assert picture.shape == (40, 40, 3)
+    assert picture.shape[0] > 40 and picture.shape[1] > 40 and picture.shape[2] == 3  # a colour bar and a caption around it
     assert tuple(picture[30, 30]) != tuple(picture[11, 13])  # heat shows where the map is hot
     assert tuple(picture[19, 10]) == (0, 255, 0)  # the box outline
+    bar = picture[:40, 40:].reshape(-1, 3)
+    assert (bar[:, 0] > 100).any() and (bar[:, 2] > 100).any()  # the colour bar holds both ends of the colour map
+    caption = picture[40:]
+    assert (caption < 100).any()  # dark caption text on white
+
+
+def test_an_empty_heatmap_is_flagged_on_the_overlay_and_in_the_localisation_table(tmp_path):
+    from cxr_lightning.explain.localization import localization_summary
+
+    grey = torch.full((1, 64, 64), 0.5)
+    flagged = np.asarray(Image.open(overlay(grey, torch.zeros(8, 8), tmp_path / "empty.png", title="Mass p=0.10")))
+    plain = np.asarray(Image.open(overlay(grey, torch.rand(8, 8) + 0.1, tmp_path / "full.png", title="Mass p=0.10")))
+    red = lambda p: ((p[64:, :, 0] > 150) & (p[64:, :, 1] < 80) & (p[64:, :, 2] < 80)).sum()  # noqa: E731
+    assert red(flagged) > 0 and red(plain) == 0  # the EMPTY HEATMAP line is drawn in red, only when empty
+    per_box = pd.DataFrame({"image": ["a", "b"], "label": ["Mass", "Mass"], "pointing_hit": [False, True], "energy_in_box": [0.0, 0.4],
+                            "box_area_fraction": [0.1, 0.1], "empty_heatmap": [True, False]})  # fmt: skip
+    summary = localization_summary(per_box, ["Mass"]).set_index("label")
+    assert summary.loc["Mass", "empty_heatmaps"] == 1 and summary.loc["all", "empty_heatmaps"] == 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from torchvision.transforms.v2 import functional as F
 
 from cxr_lightning.data.gpu_augment import AugmentParams, BatchAugment, BatchNormalize, rotate_batch
 from cxr_lightning.data.images import load_grey
-from cxr_lightning.data.transforms import Augmentation, ImageTransform, normalization_stats
+from cxr_lightning.data.transforms import Augmentation, ImageTransform, draw_augmentation, normalization_stats
 
 NIH_SAMPLE = Path(__file__).parent / "data" / "nih_sample" / "images"
 
@@ -96,6 +97,33 @@ def test_seeded_params_reproduce_the_per_sample_augmentation(config):
         BatchAugment(*config)(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), params=params.as_tensor())
 
 
+@pytest.mark.parametrize("config", [(10, 0.1, 0.1, 0.5), (0, 0, 0, 0.5)])
+def test_seeded_flips_reproduce_the_per_sample_augmentation(config):
+    """With horizontal_flip 0.5 the batch path flips exactly the samples the per-sample path flips, before rotating."""
+    grey = torch.cat([real_images(40), torch.rand(7, 1, 40, 40, generator=torch.Generator().manual_seed(3))])
+    seeds = [11, 12, 13, 2**40 + 5, 99, 0, 1, 2, 3, 4, 5, 6]
+    params = AugmentParams.from_seeds(seeds, *config)
+    assert params.flip.any() and (~params.flip).any()  # some flipped, some not
+    assert torch.equal(AugmentParams.from_tensor(params.as_tensor()).flip, params.flip)  # the table carries the flip
+    out = BatchAugment(*config[:3], channels=1, normalization="none", horizontal_flip=config[3])(grey, params=params.as_tensor())
+    for image, seed, result, flipped in zip(grey, seeds, out, params.flip.tolist()):
+        expected = Augmentation(*config)(image.clone(), torch.Generator().manual_seed(seed)).clamp(0, 1)
+        if config[:3] == (0, 0, 0):  # a flip alone moves pixels, nothing is resampled: bit-identical
+            assert torch.equal(result, expected) and torch.equal(result, image.flip(-1) if flipped else image), seed
+        else:
+            assert torch.allclose(result, expected, atol=2e-5), (config, seed)
+    # Flip, then rotate: a flipped sample equals the unflipped augmentation of the mirrored image
+    # (rotating first would mirror the angle too, a different image).
+    augmentation = Augmentation(*config)
+    i = params.flip.tolist().index(True)
+    drawn = draw_augmentation(torch.Generator().manual_seed(seeds[i]), augmentation)
+    assert drawn.flip
+    mirrored_first = augmentation.apply(grey[i].flip(-1), replace(drawn, flip=False))
+    assert torch.equal(augmentation.apply(grey[i].clone(), drawn), mirrored_first)
+    if config[0]:
+        assert not torch.allclose(augmentation.apply(grey[i], replace(drawn, flip=False)).flip(-1), mirrored_first, atol=1e-3)
+
+
 def test_draws_are_independent_per_sample_and_reproducible():
     batch = torch.full((64, 1, 16, 16), 128, dtype=torch.uint8)
     batch[:, :, 4:12, 6:10] = 230
@@ -174,3 +202,5 @@ def test_shape_and_dtype_errors():
         BatchNormalize()(torch.zeros(2, 1, 8, 8, dtype=torch.int32))
     with pytest.raises(ValueError, match="channels must be 1 or 3"):
         BatchNormalize(2)
+    with pytest.raises(ValueError, match=r"must be \(B, 5\), got \(2, 4\)"):  # a table without the flip column
+        BatchAugment()(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), params=torch.zeros(2, 4))

@@ -23,7 +23,7 @@ from cxr_lightning.checkpoint import CheckpointError, is_trusted_class_path, loa
 from cxr_lightning.cli import main as cli_main
 from cxr_lightning.data import ChestXrayDataModule
 from cxr_lightning.models import BaselineCNN, ResNet50Classifier
-from cxr_lightning.models.base import MODEL_CLASS_KEY
+from cxr_lightning.models.base import LEGACY_MODEL_CLASS_KEY
 from cxr_lightning.models.weights import WeightsFileError, load_state_dict_file
 from tests.helpers.checkpoints import train_one_step_and_save
 
@@ -78,7 +78,7 @@ def hostile(synthetic_root, tmp_path_factory) -> dict[str, Path]:
     files["modules"].mkdir()
     (files["modules"] / "evil_module.py").write_text(textwrap.dedent(EVIL_MODULE.format(marker=str(files["import_marker"]))))
     state = torch.load(files["good"], weights_only=True)
-    state[MODEL_CLASS_KEY] = "evil_module.Evil"
+    state[LEGACY_MODEL_CLASS_KEY] = "evil_module.Evil"  # as a checkpoint of an older version also records it
     state["hyper_parameters"]["_class_path"] = "evil_module.Evil"
     files["outside"] = tmp / "outside.ckpt"
     torch.save(state, files["outside"])
@@ -117,7 +117,7 @@ def command_lines(kind: str, checkpoint: Path, image: Path, out: Path, root: Pat
     model = ["--model", "cxr_lightning.models.ResNet50Classifier", "--model.weights", "null"] if kind == "resnet" else \
         ["--model", "cxr_lightning.models.BaselineCNN", "--model.channels", "[8, 8, 16, 16, 16]"]  # fmt: skip
     return [
-        ["predict", "--checkpoint", checkpoint, "--images", image, "--out", out / "preds.csv", "--workers", "0", "--no-progress"],
+        ["predict-files", "--ckpt_path", checkpoint, "--images", image, "--out", out / "preds.csv", "--workers", "0", "--no-progress"],
         ["predict-files", "--checkpoint", checkpoint, "--images", image, "--out", out / "preds2.csv", "--workers", "0", "--no-progress"],
         ["export", "--checkpoint", checkpoint, "--format", "torchscript", "--out", out / "model.pt", "--no-verify"],
         ["explain", "--checkpoint", checkpoint, "--images", image, "--out", out / "explain", "--workers", "0", "--no-progress",
@@ -179,13 +179,13 @@ def test_the_weights_path_chain_is_used_as_data_and_never_opens_the_named_file(h
 
 
 def test_a_class_outside_the_package_loads_only_when_the_user_trusts_it(hostile, evil_on_path, synthetic_root, tmp_path, capsys):
-    with pytest.raises(CheckpointError, match="--trust-model-class evil_module.Evil"):
+    with pytest.raises(CheckpointError, match="--trust_model_class evil_module.Evil"):
         load_classifier(hostile["outside"])
     assert no_code_ran(hostile)
     model, _ = load_classifier(hostile["outside"], trusted_classes=["evil_module"])
     assert type(model).__name__ == "Evil" and hostile["import_marker"].exists()  # the user vouched for it
     image = next((synthetic_root / "images").glob("*.png"))
-    status, err = run_cli(["predict", "--checkpoint", hostile["outside"], "--images", image, "--out", tmp_path / "p.csv",
+    status, err = run_cli(["predict-files", "--ckpt_path", hostile["outside"], "--images", image, "--out", tmp_path / "p.csv",
                            "--workers", "0", "--no-progress", "--trust-model-class", "evil_module.Evil"], capsys)  # fmt: skip
     assert status == 0, err[-1500:]
     hostile["import_marker"].unlink()

@@ -112,10 +112,9 @@ def hostile_root(synthetic_root, tmp_path, monkeypatch):
     return root, {name: expected[kind] for kind, name in victims.items()}, linked
 
 
-def datamodule(root, **kwargs):
-    return ChestXrayDataModule(
-        data_root=root, split="official", val_fraction=0.25, image_size=32, batch_size=8, **{"num_workers": 0, **kwargs}
-    )
+def datamodule(root, on_bad: str = "error", num_workers: int = 0):
+    return ChestXrayDataModule(data_root=root, split={"name": "official", "val_fraction": 0.25}, images={"size": 32, "on_bad": on_bad},
+                               loading={"batch_size": 8, "num_workers": num_workers})  # fmt: skip
 
 
 def test_listing_keeps_every_entry_and_links_to_files_work(hostile_root):
@@ -139,7 +138,7 @@ def test_default_policy_names_each_file_in_one_line_with_what_to_do(hostile_root
         with pytest.raises(ImageDecodeError) as caught:
             dataset[index]
         message = str(caught.value)
-        assert re.search(rf"{re.escape(name)}: {reason}", message) and "--data.on_bad_image skip" in message
+        assert re.search(rf"{re.escape(name)}: {reason}", message) and "--data.images.on_bad skip" in message
         assert "\n" not in message
     dataset, index = where[linked]
     assert dataset[index]["image"].shape == (3, 32, 32)
@@ -147,7 +146,7 @@ def test_default_policy_names_each_file_in_one_line_with_what_to_do(hostile_root
 
 def test_skip_policy_skips_counts_and_reports_each_kind(hostile_root):
     root, victims, linked = hostile_root
-    dm = datamodule(root, on_bad_image="skip", num_workers=2)
+    dm = datamodule(root, on_bad="skip", num_workers=2)
     dm.setup("fit")
     parts = {part: {Path(p).name for p in dm.dataset(part).paths.tolist()} for part in ("train", "val")}
     skipped = {"train": [], "val": []}
@@ -174,7 +173,7 @@ def test_data_prepare_names_each_file_and_skip_bad_records_them(hostile_root, ca
     argv = ["prepare", "--root", str(root), "--size", "16", "--workers", "2", "--no-progress"]
     assert data_main(argv) == 1
     err = capsys.readouterr().err
-    assert f"{len(victims)} of 160 images could not be cached" in err and "--skip-bad" in err
+    assert f"{len(victims)} of 160 images could not be cached" in err and "--skip_bad" in err
     for name, reason in victims.items():
         assert re.search(rf"{re.escape(name)}: unreadable: .*{re.escape(name)}: {reason}", err), name
     assert data_main(argv + ["--skip-bad"]) == 0
@@ -192,8 +191,8 @@ def test_predict_lists_each_kind_in_skipped_csv_with_its_reason(hostile_root, sy
     root, victims, linked = hostile_root
     clean = datamodule(synthetic_root)
     clean.setup("fit")
-    spec = DataSpec(label_names=list(clean.label_names), metadata_encoder=clean.encoder, image_size=32, image_channels=clean.hparams.image_channels,
-                    normalization=clean.hparams.normalization)  # fmt: skip
+    spec = DataSpec(label_names=list(clean.label_names), metadata_encoder=clean.encoder, image_size=32, image_channels=clean.options.images.channels,
+                    normalization=clean.options.images.normalization)  # fmt: skip
     model = BaselineCNN(channels=(8, 8, 8, 8, 8), metadata_dim=clean.metadata_dim, label_names=clean.label_names)
     predictor = Predictor.from_model(model, spec, batch_size=32, num_workers=2)
     out = tmp_path / "preds" / "preds.csv"

@@ -284,12 +284,36 @@ def test_predict_files_command(cnn_checkpoint, synthetic_root, tmp_path, capsys)
     assert "wrote 160 predictions" in capsys.readouterr().err
 
 
-def test_predict_help_names_both_modes(capsys):
+def test_predict_is_the_split_command_and_predict_files_the_file_command(capsys):
     from cxr_lightning.cli import main as cli
 
     with pytest.raises(SystemExit) as exit_info:
         cli(["predict", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "predict --checkpoint CKPT --images" in out and "predict-files --help" in out
-    assert "--ckpt_path" in out and "--trainer" in out  # LightningCLI's own options follow
+    assert "--ckpt_path" in out and "--trainer" in out and "--images" not in out  # LightningCLI's, on the configured data
+    assert cli(["predict", "--checkpoint", "model.ckpt", "--images", "scans/"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cxr-lightning predict-files --ckpt_path CKPT --images" in err
+
+
+def test_predict_array_and_predict_file_from_python(cnn_checkpoint, synthetic_root):
+    image_path = sorted((synthetic_root / "images").glob("*.png"))[0]
+    pixels = np.asarray(Image.open(image_path).convert("L"))
+    predictor = Predictor.from_checkpoint(cnn_checkpoint)
+    result = predictor.predict_array(pixels, age=63, sex="F", view="PA")
+    grey = torch.from_numpy(pixels.astype(np.float32) / 255.0)[None]
+    expected = reference_probs(cnn_checkpoint, grey, 63, "F", "PA")
+    assert list(result.index) == predictor.model.label_names == predictor.label_names
+    np.testing.assert_allclose(result["probability"].to_numpy(), expected, rtol=0, atol=1e-6)
+    assert result["decision"].iloc[0] == 1 and result["decision"].iloc[1] == 0  # thresholds 0.0 and 1.0
+    assert (result["decision"] == (result["probability"] >= result["threshold"])).all()
+    # the same image as a file, and as floats in [0, 1], give the same probabilities
+    np.testing.assert_allclose(predictor.predict_file(image_path, age=63, sex="F", view="PA")["probability"], expected, atol=1e-6)
+    np.testing.assert_allclose(predictor.predict_array(pixels / 255.0, age=63, sex="F", view="PA")["probability"], expected, atol=1e-6)
+    # unknown metadata uses the documented defaults, not an error
+    assert predictor.predict_array(pixels)["probability"].between(0, 1).all()
+    with pytest.raises(ValueError, match=r"shape \(2, 3, 4\)"):
+        predictor.predict_array(np.zeros((2, 3, 4), np.uint8))
+    with pytest.raises(ValueError, match="finite values in \\[0, 1\\]"):
+        predictor.predict_array(pixels.astype(np.float32))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -24,12 +25,14 @@ def test_unreachable_server_goes_offline_quickly(tmp_path, monkeypatch):
 
 def test_failed_online_start_falls_back_to_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setattr("cxr_lightning.loggers.server_reachable", lambda url, timeout: True)
     real_init, calls = wandb.init, []
 
     def init(**kwargs):
-        calls.append(kwargs.get("mode"))
-        if kwargs.get("mode") != "offline":
+        mode = kwargs.get("mode") or os.environ.get("WANDB_MODE")  # W&B reads its mode from either
+        calls.append(mode)
+        if mode != "offline":
             raise wandb.errors.AuthenticationError("API key rejected")
         return real_init(**kwargs)
 
@@ -39,3 +42,4 @@ def test_failed_online_start_falls_back_to_offline(tmp_path, monkeypatch):
         experiment = logger.experiment
     experiment.finish()
     assert calls == [None, "offline"] and list((tmp_path / "wandb").glob("offline-run-*"))
+    assert "WANDB_MODE" not in os.environ  # offline for that run only, not for the rest of the process

@@ -451,3 +451,22 @@ def test_per_label_table(predictions, tmp_path) -> None:
     frame.to_csv(tmp_path / "per_label.csv")
     back = pd.read_csv(tmp_path / "per_label.csv", index_col="label")
     pd.testing.assert_frame_equal(back, frame)
+
+
+def test_midpoint_rule_keeps_the_best_cut_and_sits_halfway_to_the_next_lower_score():
+    from cxr_lightning.evaluation.metrics import best_f1_thresholds
+
+    probs = torch.tensor([[0.9, 0.2], [0.8, 0.7], [0.6, 0.7], [0.3, 0.1], [0.1, 0.05]])
+    targets = torch.tensor([[1, 0], [1, 1], [0, 1], [1, 0], [0, 0]])
+    score = best_f1_thresholds(probs, targets, "score")
+    midpoint = best_f1_thresholds(probs, targets, "midpoint")
+    # label 0: the best cut takes 0.9, 0.8, 0.6, 0.3 (F1 6/7); the next lower score is 0.1
+    assert score[0].item() == pytest.approx(0.3) and midpoint[0].item() == pytest.approx((0.3 + 0.1) / 2)
+    # label 1: the tied 0.7s are one cut; halfway to 0.2
+    assert score[1].item() == pytest.approx(0.7) and midpoint[1].item() == pytest.approx((0.7 + 0.2) / 2)
+    # the same images are predicted positive on validation by both
+    assert torch.equal(probs >= score, probs >= midpoint)
+    # a best cut at the lowest score keeps it
+    assert best_f1_thresholds(torch.tensor([[0.2], [0.4]]), torch.tensor([[1], [1]]), "midpoint").item() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="threshold rule 'middle'"):
+        best_f1_thresholds(probs, targets, "middle")

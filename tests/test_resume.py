@@ -8,11 +8,13 @@ import os
 import subprocess
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import LRSchedulerConfig
 
@@ -54,7 +56,7 @@ def assert_same_as_straight(straight: Path, run: Path) -> None:
 
 
 def best_files(run: Path) -> list[str]:
-    return sorted(p.name for p in (run / "checkpoints").glob("best-*.ckpt"))
+    return sorted(p.name for p in (run / "checkpoints").glob("best*.ckpt"))
 
 
 def best_record(checkpoint: dict) -> list[tuple]:
@@ -86,6 +88,8 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(synthetic_roo
     assert last["global_step"] == 11 and last["epoch"] == 1
     resumed = fit(synthetic_root, tmp_path / "killed", "--ckpt_path=last")
     assert "not resumable" not in resumed.stderr
+    # Lightning found last.ckpt for "last" (in the best checkpoint's folder: LatestCheckpoint is no ModelCheckpoint).
+    assert f"Restoring states from the checkpoint path at {(tmp_path / 'killed' / 'checkpoints' / 'last.ckpt').resolve()}" in resumed.stderr
     assert_same_as_straight(straight, tmp_path / "killed")
     # Stopped cleanly after epoch 2 of 3 (last.ckpt from the end of an epoch), then resumed: the
     # same weights too, dropout included (the loaders do not draw from the global RNG).
@@ -320,7 +324,7 @@ def assert_same_schedule_as_straight(straight: Path, run: Path) -> None:
     assert learning_rates(a) != [0.03] and a["lr_schedulers"][0]["last_epoch"] == 3
     assert b["lr_schedulers"] == a["lr_schedulers"]
     assert learning_rates(b) == learning_rates(a)
-    (best,) = (straight / "checkpoints").glob("best-*.ckpt")
+    (best,) = (straight / "checkpoints").glob("best*.ckpt")
     a, b = torch.load(best, weights_only=True), torch.load(run / "checkpoints" / best.name, weights_only=True)
     assert a["lr_schedulers"][0]["last_epoch"] == a["epoch"] + 1  # its epoch's plateau step is in it
     assert (b["lr_schedulers"], learning_rates(b)) == (a["lr_schedulers"], learning_rates(a))
@@ -356,3 +360,95 @@ def test_plateau_killed_in_a_validation_then_after_a_first_batch_resumes_exactly
     second = fit(synthetic_root, run, *PLATEAU, "--ckpt_path=last")
     assert PLATEAU_WARNING not in first.stderr + second.stderr
     assert_same_schedule_as_straight(straight_plateau, run)
+
+
+# ----- last.ckpt files of the earlier LatestCheckpoint (a ModelCheckpoint subclass) -----
+
+
+def legacy_state_key(**settings) -> str:
+    """The key the earlier LatestCheckpoint (a ModelCheckpoint subclass) saved its state under."""
+    return ModelCheckpoint(save_last=True, save_top_k=0, **settings).state_key.replace("ModelCheckpoint", "LatestCheckpoint", 1)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"every_n_train_steps": 1}, {"train_time_interval": timedelta(minutes=10)}, {"every_n_train_steps": 0, "train_time_interval": None}, {}],
+    ids=["steps", "clock_as_in_the_cli", "explicit_zero", "defaults"],
+)
+def test_the_state_key_is_the_one_older_last_ckpt_files_hold(settings):
+    assert LatestCheckpoint(**settings).state_key == legacy_state_key(**settings)
+
+
+@pytest.mark.slow
+def test_a_last_ckpt_of_the_earlier_modelcheckpoint_based_callback_resumes_exactly(synthetic_root, straight, tmp_path):
+    # Its last.ckpt holds ModelCheckpoint's state under "LatestCheckpoint{...}", and the model class
+    # at the top level beside LightningCLI's record of it (a re-exported path).
+    run = tmp_path / "older"
+    fit(synthetic_root, run, "--trainer.max_epochs=1")
+    path = (run / "checkpoints" / "last.ckpt").resolve()
+    checkpoint = torch.load(path, weights_only=True)
+    older = ModelCheckpoint(dirpath=path.parent, save_last=True, save_top_k=0, every_n_train_steps=1, enable_version_counter=False)
+    older.last_model_path = str(path)
+    assert not any(key.startswith("LatestCheckpoint") for key in checkpoint["callbacks"])  # the new one saves no state
+    checkpoint["callbacks"][legacy_state_key(every_n_train_steps=1)] = older.state_dict()
+    checkpoint["model_class_path"] = checkpoint["hyper_parameters"]["_class_path"]
+    checkpoint["hyper_parameters"]["_class_path"] = "cxr_lightning.models.BaselineCNN"
+    torch.save(checkpoint, path)
+    resumed = fit(synthetic_root, run, "--ckpt_path=last")
+    assert f"Restoring states from the checkpoint path at {path}" in resumed.stderr
+    assert "Please add the following callbacks" not in resumed.stderr  # its state was recognised, not reported missing
+    assert_same_as_straight(straight, run)
+
+
+# ----- when LatestCheckpoint saves: every n steps, on its clock, never twice a step -----
+
+
+def saving_trainer(global_step: int = 3, **state) -> SimpleNamespace:
+    saves: list = []
+    trainer = SimpleNamespace(
+        global_step=global_step, num_training_batches=8, sanity_checking=False, fast_dev_run=False, current_epoch=0,
+        fit_loop=SimpleNamespace(restarting=False, state_dict=dict),
+        state=SimpleNamespace(fn=TrainerFn.FITTING), strategy=SimpleNamespace(broadcast=lambda value: value),
+        save_checkpoint=lambda path, weights_only: saves.append((path, trainer.global_step, weights_only)), saves=saves, **state,
+    )  # fmt: skip
+    return trainer
+
+
+def test_the_clock_saves_only_once_training_has_started_and_never_on_an_epochs_last_batch(tmp_path):
+    callback, trainer = LatestCheckpoint(dirpath=tmp_path, train_time_interval=timedelta(0)), saving_trainer()
+    callback.on_train_batch_end(trainer, None, None, None, batch_idx=2)
+    assert trainer.saves == []  # the clock starts with training
+    callback.on_train_start(trainer, None)
+    callback.on_train_batch_end(trainer, None, None, None, batch_idx=2)
+    callback.on_train_batch_end(trainer, None, None, None, batch_idx=2)  # the same step again
+    trainer.global_step = 8
+    callback.on_train_batch_end(trainer, None, None, None, batch_idx=7)  # the epoch's last batch: saved after its validation
+    callback.on_validation_end(trainer, None)
+    callback.on_train_epoch_end(trainer, None)  # saved after the validation already
+    assert trainer.saves == [(str(tmp_path / "last.ckpt"), 3, False), (str(tmp_path / "last.ckpt"), 8, False)]
+
+
+@pytest.mark.parametrize(
+    ("settings", "steps_saved"),
+    [({"every_n_train_steps": 2}, [2, 4, 6]), ({"train_time_interval": timedelta(hours=1)}, []), ({}, [])],
+    ids=["every_2_steps", "clock_not_due", "no_trigger"],
+)
+def test_step_and_clock_triggers(tmp_path, settings, steps_saved):
+    callback, trainer = LatestCheckpoint(dirpath=tmp_path, **settings), saving_trainer()
+    callback.on_train_start(trainer, None)
+    for step in range(1, 8):
+        trainer.global_step = step
+        callback.on_train_batch_end(trainer, None, None, None, batch_idx=step - 1)
+    assert [step for _, step, _ in trainer.saves] == steps_saved
+
+
+@pytest.mark.parametrize("state", [{"sanity_checking": True}, {"fast_dev_run": 1}, {"state": SimpleNamespace(fn=TrainerFn.VALIDATING)}],
+                         ids=["sanity_check", "fast_dev_run", "validate"])  # fmt: skip
+def test_nothing_is_saved_outside_training(tmp_path, state):
+    callback, trainer = LatestCheckpoint(dirpath=tmp_path, every_n_train_steps=1), saving_trainer()
+    for name, value in state.items():
+        setattr(trainer, name, value)
+    callback.on_train_start(trainer, None)
+    callback.on_train_batch_end(trainer, None, None, None, batch_idx=2)
+    callback.on_validation_end(trainer, None)
+    assert trainer.saves == []

@@ -424,3 +424,19 @@ def test_holm_equals_statsmodels_definition():
         expected = np.empty_like(p)
         expected[order] = adjusted
         np.testing.assert_allclose(holm_adjust(p), expected)
+
+
+def test_intervals_at_several_thresholds_in_one_pass_equal_separate_calls():
+    from cxr_lightning.evaluation.bootstrap import bootstrap_ci_at_thresholds
+
+    rng = np.random.default_rng(3)
+    targets = (rng.random((300, 4)) < 0.3).astype(int)
+    probs = np.clip(targets * 0.3 + rng.random((300, 4)) * 0.7, 0, 1)
+    groups = rng.integers(0, 60, 300)
+    names = ["a", "b", "c", "d"]
+    both = bootstrap_ci_at_thresholds(probs, targets, [0.5, [0.3, 0.4, 0.5, 0.6]], groups, n_resamples=150, seed=2, label_names=names)
+    for result, thresholds in zip(both, [0.5, [0.3, 0.4, 0.5, 0.6]]):
+        alone = bootstrap_ci(probs, targets, thresholds, groups, n_resamples=150, seed=2, label_names=names)
+        assert result["estimate"] == alone["estimate"] and result["lower"] == alone["lower"] and result["upper"] == alone["upper"]
+        pd.testing.assert_frame_equal(result["per_label"], alone["per_label"])
+    assert both[0]["estimate"]["f1_macro"] != both[1]["estimate"]["f1_macro"]  # the thresholds were used

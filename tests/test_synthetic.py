@@ -172,7 +172,7 @@ def test_deterministic_for_a_seed(tmp_path, real):
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
     fa, fb, fc = files(tmp_path / "a"), files(tmp_path / "b"), files(tmp_path / "c")
-    assert len(fa) == 25 + 4
+    assert len(fa) == 25 + 5  # images, metadata, two lists, boxes, the SYNTHETIC.txt mark
     assert fa == fb  # byte-identical, PNGs included
     assert fa["Data_Entry_2017_v2020.csv"] != fc["Data_Entry_2017_v2020.csv"]
     # different seed -> different pixels (compare the first image of each, whatever its name)
@@ -303,3 +303,12 @@ def test_progress_bar_and_bad_arguments(tmp_path, real, capsys):
     assert "5/5" in capsys.readouterr().err
     with pytest.raises(ValueError):
         generate_synthetic_dataset(tmp_path, 0, metadata=meta, test_list=test_list, progress=False)
+
+
+def test_a_synthetic_root_is_marked_so_reports_can_say_so(tmp_path, real):
+    from cxr_lightning.data.synthetic import SYNTHETIC_MARK, is_synthetic_root
+
+    meta, test_list = real
+    generate_synthetic_dataset(tmp_path / "s", num_images=10, image_size=32, metadata=meta, test_list=test_list, progress=False)
+    assert is_synthetic_root(tmp_path / "s") and "test the\nplumbing, not the method" in (tmp_path / "s" / SYNTHETIC_MARK).read_text()
+    assert not is_synthetic_root(tmp_path)

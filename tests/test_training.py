@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +26,8 @@ TINY_CNN = ["--model", "cxr_lightning.models.BaselineCNN", "--model.channels", "
 def cli_args(root: Path, run: Path, *extra: str, epochs: int = 1) -> list[str]:
     return [
         *TINY_CNN,
-        f"--data.data_root={root}", "--data.split=official", "--data.val_fraction=0.25", "--data.seed=0",
-        "--data.image_size=32", "--data.batch_size=16", "--data.num_workers=0", "--data.class_weights=log",
+        f"--data.data_root={root}", "--data.split.name=official", "--data.split.val_fraction=0.25", "--data.split.seed=0",
+        "--data.images.size=32", "--data.loading.batch_size=16", "--data.loading.num_workers=0", "--data.labels.class_weights=log",
         f"--trainer.default_root_dir={run}", f"--trainer.max_epochs={epochs}", "--trainer.accelerator=cpu",
         "--trainer.devices=1", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
         "--seed_everything=0", *extra,
@@ -43,13 +44,18 @@ def trained_run(synthetic_root, tmp_path_factory):
 
 def test_fit_writes_checkpoints_thresholds_and_test_outputs(trained_run, synthetic_root):
     assert sorted(p.name for p in (trained_run / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]
-    assert len(list((trained_run / "checkpoints").glob("best-*.ckpt"))) == 1
+    assert len(list((trained_run / "checkpoints").glob("best*.ckpt"))) == 1
     for name in ("metrics.json", "per_label.csv", "test_predictions.csv", "thresholds.json", "val_predictions.csv", "roc_curves.png"):
         assert (trained_run / name).is_file(), name
     predictions = pd.read_csv(trained_run / "test_predictions.csv")
     test_list = (synthetic_root / "test_list.txt").read_text().split()
     assert sorted(predictions["image"]) == sorted(test_list)
-    assert list(predictions.columns[1:16]) == [f"prob_{n}" for n in LABELS]
+    # image, the tested images' age, sex and view (from the data's own metadata), then the probabilities
+    assert list(predictions.columns[:4]) == ["image", "age", "sex", "view"]
+    assert list(predictions.columns[4:19]) == [f"prob_{n}" for n in LABELS]
+    meta = pd.read_csv(synthetic_root / "Data_Entry_2017_v2020.csv").set_index("Image Index")
+    first = predictions.iloc[0]
+    assert (first["sex"], first["view"]) == (meta.loc[first["image"], "Patient Gender"], meta.loc[first["image"], "View Position"])
 
 
 def test_reported_metrics_equal_sklearn_on_the_written_predictions(trained_run):
@@ -79,7 +85,7 @@ def test_tested_thresholds_are_the_best_f1_thresholds_of_the_written_validation_
 
 
 def test_checkpoint_carries_tuned_thresholds(trained_run):
-    best = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    best = next((trained_run / "checkpoints").glob("best*.ckpt"))
     state = torch.load(best, map_location="cpu", weights_only=False)
     thresholds = state["state_dict"]["thresholds"]
     assert thresholds.shape == (15,) and not torch.allclose(thresholds, torch.full((15,), 0.5))
@@ -91,7 +97,7 @@ def test_checkpoint_carries_tuned_thresholds(trained_run):
 
 def test_thresholds_are_the_best_f1_on_validation(trained_run, synthetic_root, tmp_path):
     """validate on the best checkpoint re-tunes on the whole validation set: same thresholds."""
-    best = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    best = next((trained_run / "checkpoints").glob("best*.ckpt"))
     run = tmp_path / "validate"
     main(["validate", *cli_args(synthetic_root, run), f"--ckpt_path={best}"])
     tuned = json.loads((run / "thresholds.json").read_text())
@@ -103,7 +109,7 @@ def test_thresholds_are_the_best_f1_on_validation(trained_run, synthetic_root, t
 def _part_size(root: Path, part: str) -> int:
     from cxr_lightning.data import ChestXrayDataModule
 
-    dm = ChestXrayDataModule(data_root=root, split="official", val_fraction=0.25, seed=0)
+    dm = ChestXrayDataModule(data_root=root, split={"name": "official", "val_fraction": 0.25, "seed": 0})
     return len(dm._tables()[1].part(part))
 
 
@@ -132,7 +138,8 @@ def test_head_is_optimised_and_gradients_are_clipped(synthetic_root, tmp_path):
     def run(clip):
         recorder = GradNorms()
         recorder.norms = []
-        dm = ChestXrayDataModule(data_root=synthetic_root, split="official", val_fraction=0.25, image_size=32, batch_size=16, num_workers=0, class_weights="linear")
+        dm = ChestXrayDataModule(data_root=synthetic_root, split={"name": "official", "val_fraction": 0.25}, images={"size": 32},
+                                 loading={"batch_size": 16, "num_workers": 0}, labels={"class_weights": "linear"})  # fmt: skip
         trainer = Trainer(max_steps=4, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                           accelerator="cpu", callbacks=[recorder], gradient_clip_val=clip, default_root_dir=tmp_path)  # fmt: skip
         trainer.fit(BaselineCNN(channels=(8, 8, 16, 16, 16), label_names=dm.label_names, pos_weight=dm.pos_weight), datamodule=dm)
@@ -156,7 +163,8 @@ def test_warmup_linear_schedule(synthetic_root, tmp_path):
             self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
     lrs = LRs()
-    dm = ChestXrayDataModule(data_root=synthetic_root, split="official", val_fraction=0.25, image_size=32, batch_size=8, num_workers=0)
+    dm = ChestXrayDataModule(data_root=synthetic_root, split={"name": "official", "val_fraction": 0.25}, images={"size": 32},
+                             loading={"batch_size": 8, "num_workers": 0})  # fmt: skip
     trainer = Trainer(max_epochs=2, limit_train_batches=5, limit_val_batches=0, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, accelerator="cpu", callbacks=[lrs], default_root_dir=tmp_path)  # fmt: skip
     trainer.fit(BaselineCNN(channels=(8, 8, 8, 8, 8), lr=1e-3, scheduler="warmup_linear", warmup_fraction=0.2), datamodule=dm)
@@ -207,28 +215,28 @@ def test_bare_config_names_resolve_to_shipped_configs(tmp_path, monkeypatch):
 
 
 def test_resnet_and_beit_train_through_the_cli(synthetic_root, tmp_path):
-    common = [f"--data.data_root={synthetic_root}", "--data.split=official", "--data.val_fraction=0.25",
-              "--data.image_size=32", "--data.batch_size=4", "--data.num_workers=0", "--trainer.fast_dev_run=2",
+    common = [f"--data.data_root={synthetic_root}", "--data.split.name=official", "--data.split.val_fraction=0.25",
+              "--data.images.size=32", "--data.loading.batch_size=4", "--data.loading.num_workers=0", "--trainer.fast_dev_run=2",
               "--trainer.accelerator=cpu", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]  # fmt: skip
     main(["fit", "--model=cxr_lightning.models.ResNet50Classifier", "--model.weights=null", f"--trainer.default_root_dir={tmp_path}/r", *common])
     tiny = '{"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32, "patch_size": 8}'
     main(["fit", "--model=cxr_lightning.models.BEiTClassifier", f"--model.config={tiny}", "--model.metadata_hidden=[16, 16]",
-          "--data.normalization=beit", f"--trainer.default_root_dir={tmp_path}/b", *common])  # fmt: skip
+          "--data.images.normalization=beit", f"--trainer.default_root_dir={tmp_path}/b", *common])  # fmt: skip
 
 
-ODD_SPLIT = ["--data.split=patient", "--data.fractions=[0.4, 0.3, 0.3]", "--data.seed=6"]
+ODD_SPLIT = ["--data.split.name=patient", "--data.split.fractions=[0.4, 0.3, 0.3]", "--data.split.seed=6"]
 
 
 @pytest.mark.slow
 def test_two_process_ddp_gives_the_same_metrics_and_thresholds(trained_run, synthetic_root, tmp_path):
     """gloo on the CPU: validate (threshold tuning) and test on 1 and 2 processes agree exactly."""
-    best = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    best = next((trained_run / "checkpoints").glob("best*.ckpt"))
     results = {}
     for devices in (1, 2):
         run = tmp_path / f"ddp{devices}"
         # Odd-sized val (65) and test (35) parts: the distributed sampler pads them with repeats,
         # which the collector must drop.
-        args = [*cli_args(synthetic_root, run), *ODD_SPLIT, "--data.eval_batch_size=5", f"--trainer.devices={devices}", f"--ckpt_path={best}"]
+        args = [*cli_args(synthetic_root, run), *ODD_SPLIT, "--data.loading.eval_batch_size=5", f"--trainer.devices={devices}", f"--ckpt_path={best}"]
         if devices == 2:
             args += ["--trainer.strategy=ddp"]
         for command in ("validate", "test"):
@@ -244,7 +252,7 @@ def test_two_process_ddp_gives_the_same_metrics_and_thresholds(trained_run, synt
 
 
 def test_predict_writes_probabilities_and_tuned_decisions(trained_run, synthetic_root, tmp_path):
-    best = next((trained_run / "checkpoints").glob("best-*.ckpt"))
+    best = next((trained_run / "checkpoints").glob("best*.ckpt"))
     run = tmp_path / "predict"
     main(["predict", *cli_args(synthetic_root, run), f"--ckpt_path={best}"])
     predictions = pd.read_csv(run / "predictions.csv")
@@ -285,7 +293,7 @@ def test_missing_data_and_missing_weights_are_clear_errors(tmp_path, capsys, mon
     monkeypatch.chdir(tmp_path)
     assert main(["fit", "--config", "resnet_log.yaml"]) == 1
     err = capsys.readouterr().err
-    assert "no images under" in err and "cxr-lightning data download --root data/nih" in err
+    assert "no images under" in err and "cxr-lightning data download --data_root data/nih" in err
     images = tmp_path / "nih" / "images"
     images.mkdir(parents=True)
     (images / "00000001_000.png").write_bytes(b"")
@@ -354,17 +362,19 @@ def test_last_ckpt_is_the_newest_state_not_the_best(synthetic_root, tmp_path):
     assert json.loads((run / "thresholds.json").read_text())["epoch"] == 2
     assert sorted(p.name for p in checkpoints.glob("last*.ckpt")) == ["last.ckpt"]
     last = torch.load(checkpoints / "last.ckpt", weights_only=True)
-    best = torch.load(next(checkpoints.glob("best-*.ckpt")), weights_only=True)
+    best = torch.load(next(checkpoints.glob("best*.ckpt")), weights_only=True)
     steps_per_epoch = best["global_step"] // (best["epoch"] + 1)
     assert last["epoch"] == 2 and last["global_step"] == 3 * steps_per_epoch
     assert best["epoch"] < last["epoch"]
     thresholds = json.loads((run / "thresholds.json").read_text())
     assert torch.allclose(last["state_dict"]["thresholds"].double(), torch.tensor(list(thresholds["thresholds"].values()), dtype=torch.float64), atol=1e-6)
-    main(["test", *cli_args(synthetic_root, run, epochs=3), f"--ckpt_path={next(checkpoints.glob('best-*.ckpt'))}"])
+    main(["test", *cli_args(synthetic_root, run, epochs=3), f"--ckpt_path={next(checkpoints.glob('best*.ckpt'))}"])
     tested = json.loads((run / "metrics.json").read_text())
-    assert tested["epoch"] == best["epoch"] and tested["checkpoint"].endswith(f"best-epoch={best['epoch']:02d}.ckpt")
+    assert tested["epoch"] == best["epoch"] and tested["checkpoint"].endswith("checkpoints/best.ckpt")
     main(["fit", *cli_args(synthetic_root, run, epochs=1)])
-    assert sorted(p.name for p in checkpoints.glob("last*.ckpt")) == ["last.ckpt"]
+    # a rerun into the same folder rewrites best.ckpt and last.ckpt in place: no best-v1.ckpt beside a stale one
+    assert sorted(p.name for p in checkpoints.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(checkpoints / "best.ckpt", weights_only=True)["epoch"] == 0
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 0
 
 
@@ -428,8 +438,8 @@ def test_ddp_with_many_unreadable_images_neither_fails_nor_hangs(synthetic_root,
     corrupt = {p.name for p in images[::2]}
     test_names = set((root / "test_list.txt").read_text().split())
     run = tmp_path / "run"
-    args = [*cli_args(root, run, "--test_after_fit=true"), "--data.batch_size=2", "--data.eval_batch_size=2",
-            "--data.on_bad_image=skip", "--trainer.devices=2", "--trainer.strategy=ddp"]  # fmt: skip
+    args = [*cli_args(root, run, "--test_after_fit=true"), "--data.loading.batch_size=2", "--data.loading.eval_batch_size=2",
+            "--data.images.on_bad=skip", "--trainer.devices=2", "--trainer.strategy=ddp"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     done = subprocess.run([sys.executable, "-m", "cxr_lightning", "fit", *args], env=env, timeout=300, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -485,7 +495,29 @@ def test_an_abbreviated_option_is_refused_not_taken_for_the_full_one(capsys):
     ],
 )
 def test_every_command_refuses_abbreviated_options(command, abbreviated, capsys):
+    from cxr_lightning.cli.parser import canonical_option
+
     with pytest.raises(SystemExit) as refused:
         main([*command, abbreviated, "3"])
     assert refused.value.code == 2
-    assert f"unrecognized arguments: {abbreviated} 3" in capsys.readouterr().err
+    # the refusal shows the option in the one spelling every command uses (--num-image: --num_image)
+    assert f"unrecognized arguments: {canonical_option(abbreviated)} 3" in capsys.readouterr().err
+
+
+def test_a_warning_that_repeats_every_validation_epoch_is_shown_once_per_run(synthetic_root, tmp_path):
+    """A label with one class in the validation set gets no AUROC: said once, not after every epoch."""
+    import warnings
+
+    root = tmp_path / "nih"
+    shutil.copytree(synthetic_root, root)
+    csv = root / "Data_Entry_2017_v2020.csv"
+    frame = pd.read_csv(csv)
+    frame["Finding Labels"] = frame["Finding Labels"].str.replace("Hernia", "Mass")  # no image has Hernia
+    frame["Finding Labels"] = frame["Finding Labels"].str.split("|").map(lambda parts: "|".join(dict.fromkeys(parts)))
+    frame.to_csv(csv, index=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(["fit", *cli_args(root, tmp_path / "run", epochs=3)])
+    undefined = [str(w.message) for w in caught if "AUROC is undefined" in str(w.message)]
+    assert undefined and "'Hernia'" in undefined[0]
+    assert len(undefined) == len(set(undefined))  # three validation epochs, each message once

@@ -88,7 +88,7 @@ def test_fit_with_an_empty_metadata_csv_prints_one_line(tmp_path, capsys, kind):
     content, problem = EMPTY_CSVS[kind]
     root = root_with_csv(tmp_path, content)
     with pytest.raises(MetadataError, match=re.escape(problem)):
-        ChestXrayDataModule(data_root=root, num_workers=0).train_label_counts  # noqa: B018 - reading the metadata is the point
+        ChestXrayDataModule(data_root=root, loading={"num_workers": 0}).train_label_counts  # noqa: B018 - reading the metadata is the point
     status, output = run_cli(capsys, ["fit", "--config", "demo.yaml", "--data.data_root", root, "--trainer.logger=false",
                                       "--trainer.default_root_dir", tmp_path / "run"])  # fmt: skip
     assert_one_line_error(status, output, str(root / "Data_Entry_2017_v2020.csv"), problem)
@@ -154,15 +154,16 @@ def test_a_duplicate_in_an_official_list_cites_the_files_own_line(tmp_path, caps
 @pytest.mark.parametrize(
     ("option", "value", "allowed"),
     [
-        ("image_size", 0, "16..2048"),
-        ("image_size", -64, "16..2048"),
-        ("image_size", 100000, "16..2048"),
-        ("batch_size", 0, "1..65536"),
-        ("batch_size", -3, "1..65536"),
-        ("batch_size", 10**9, "1..65536"),
-        ("num_workers", -1, "0..1024"),
-        ("val_fraction", 1.5, "(0, 1)"),
-        ("val_fraction", 0, "(0, 1)"),
+        ("images.size", 0, "16..2048"),
+        ("images.size", -64, "16..2048"),
+        ("images.size", 100000, "16..2048"),
+        ("loading.batch_size", 0, "1..65536"),
+        ("loading.batch_size", -3, "1..65536"),
+        ("loading.batch_size", 10**9, "1..65536"),
+        ("loading.num_workers", -1, "0..1024"),
+        ("split.val_fraction", 1.5, "(0, 1)"),
+        ("split.val_fraction", 0, "(0, 1)"),
+        ("augmentation.horizontal_flip", 1.5, "[0, 1]"),
     ],
 )
 def test_fit_with_an_option_out_of_range_prints_one_line(tmp_path, capsys, option, value, allowed):
@@ -175,14 +176,19 @@ def test_fit_with_an_option_out_of_range_prints_one_line(tmp_path, capsys, optio
 @pytest.mark.parametrize(
     ("options", "expected"),
     [
-        ({"eval_batch_size": 0}, "data.eval_batch_size must be an integer in 1..65536"),
-        ({"prefetch_factor": 0}, "data.prefetch_factor must be an integer in 1..1024"),
-        ({"image_size": 224.5}, "data.image_size must be an integer"),
-        ({"fractions": (0.7, 0.4, -0.1)}, "data.fractions must be a number in [0, 1]"),
-        ({"fractions": (0.5, 0.1, 0.1)}, "data.fractions must sum to 1"),
-        ({"val_fraction": float("nan")}, "data.val_fraction must be a number in (0, 1)"),
-        ({"brightness": 1.5}, "data.brightness must be a number in [0, 1)"),
-        ({"rotation_degrees": -5}, "data.rotation_degrees must be a number in [0, 180]"),
+        ({"loading": {"eval_batch_size": 0}}, "data.loading.eval_batch_size must be an integer in 1..65536"),
+        ({"loading": {"prefetch_factor": 0}}, "data.loading.prefetch_factor must be an integer in 1..1024"),
+        ({"images": {"size": 224.5}}, "data.images.size must be an integer"),
+        ({"image_size": 224.5}, "data.images.size must be an integer"),  # the flat name of before the sections
+        ({"split": {"fractions": (0.7, 0.4, -0.1)}}, "data.split.fractions must be a number in [0, 1]"),
+        ({"split": {"fractions": (0.5, 0.1, 0.1)}}, "data.split.fractions must sum to 1"),
+        ({"split": {"val_fraction": float("nan")}}, "data.split.val_fraction must be a number in (0, 1)"),
+        ({"augmentation": {"brightness": 1.5}}, "data.augmentation.brightness must be a number in [0, 1)"),
+        ({"augmentation": {"rotation_degrees": -5}}, "data.augmentation.rotation_degrees must be a number in [0, 180]"),
+        ({"augmentation": {"horizontal_flip": 1.5}}, "data.augmentation.horizontal_flip must be a number in [0, 1], got 1.5"),
+        ({"augmentation": {"horizontal_flip": -0.1}}, "data.augmentation.horizontal_flip must be a number in [0, 1], got -0.1"),
+        ({"augmentation": {"horizontal_flip": "yes"}}, "data.augmentation.horizontal_flip must be a number in [0, 1], got 'yes'"),
+        ({"horizontal_flip": float("nan")}, "data.augmentation.horizontal_flip must be a number in [0, 1], got nan"),
     ],
 )
 def test_datamodule_rejects_other_numeric_options_at_construction(tmp_path, options, expected):
@@ -227,8 +233,8 @@ BROKEN_RUNS = {
 def test_report_names_a_broken_run_leaves_it_out_and_reports_the_others(tmp_path, capsys, kind):
     damage, expected = BROKEN_RUNS[kind]
     runs = tmp_path / "runs"
-    fake_run(runs / "resnet_log", tuned=METRICS, default=METRICS)
-    fake_run(runs / "resnet_log_conv", tuned=METRICS, default=METRICS, seed=1)
+    written = fake_run(runs / "resnet_log")
+    fake_run(runs / "resnet_log_conv", seed=1)
     damage(runs / "resnet_log_conv")
     status, output = run_cli(capsys, ["report", "--runs", runs, "--bootstrap", "20"])
     assert status == 0 and "Traceback" not in output, output
@@ -240,12 +246,12 @@ def test_report_names_a_broken_run_leaves_it_out_and_reports_the_others(tmp_path
     assert "| `resnet_log_conv` | broken: " in report and expected in report
     assert "| `resnet_log` | done | 40 |" in report
     # The broken run's cells say so; the usable run's are filled.
-    assert "| AUC (macro) | missing (0.6912) | 0.7778 [" in report and "(0.7745) | broken (0.7800) |" in report
+    assert f"| AUC (macro) | missing (0.6912) | {written['tuned']['auroc_macro']:.4f} [" in report and "(0.7745) | broken (0.7800) |" in report
 
 
 def test_report_exits_non_zero_when_every_run_is_broken(tmp_path, capsys):
     runs = tmp_path / "runs"
-    fake_run(runs / "cnn", tuned=METRICS, default=METRICS)
+    fake_run(runs / "cnn")
     (runs / "cnn" / "metrics.json").write_text("")
     status, output = run_cli(capsys, ["report", "--runs", runs, "--bootstrap", "20"])
     assert status == 1 and "Traceback" not in output, output
@@ -261,9 +267,8 @@ def test_report_exits_non_zero_when_every_run_is_broken(tmp_path, capsys):
 def checkpoint(synthetic_root, tmp_path_factory) -> Path:
     """A tiny CNN checkpoint after one training step on the synthetic data."""
     tmp = tmp_path_factory.mktemp("user_errors")
-    dm = ChestXrayDataModule(
-        data_root=synthetic_root, split="official", val_fraction=0.25, image_size=32, batch_size=4, num_workers=0
-    )
+    dm = ChestXrayDataModule(data_root=synthetic_root, split={"name": "official", "val_fraction": 0.25}, images={"size": 32},
+                             loading={"batch_size": 4, "num_workers": 0})  # fmt: skip
     model = BaselineCNN(channels=(8, 8, 8, 8, 8), metadata_dim=dm.metadata_dim, label_names=dm.label_names)
     return train_one_step_and_save(model, dm, tmp / "cnn.ckpt")
 
@@ -290,7 +295,7 @@ def output_commands(tmp_path: Path, synthetic_root: Path, out: Path) -> dict[str
         "data_synth": ["data", "synth", "--out", out / "synthetic", "--num-images", "20", "--image-size", "32"],
         "data_prepare": ["data", "prepare", "--root", synthetic_root, "--out", out / "cache", "--size", "16", "--workers", "0", "--no-progress"],
         "report": ["report", "--runs", runs, "--out", out / "report.md", "--bootstrap", "20"],
-        "predict": ["predict", "--checkpoint", tmp_path / "never-read.ckpt", "--images", image, "--out", out / "preds.csv"],
+        "predict": ["predict-files", "--ckpt_path", tmp_path / "never-read.ckpt", "--images", image, "--out", out / "preds.csv"],
         "export": ["export", "--checkpoint", tmp_path / "never-read.ckpt", "--out", out / "model.onnx"],
     }  # fmt: skip
 
@@ -377,11 +382,11 @@ def test_predict_on_a_full_disk_leaves_no_half_csv(tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
     images = sorted((synthetic_root / "images").glob("*.png"))[:3]
-    status, output = run_cli(capsys, ["predict", "--checkpoint", checkpoint, "--images", *images, "--out", out, "--no-progress"])
+    status, output = run_cli(capsys, ["predict-files", "--ckpt_path", checkpoint, "--images", *images, "--out", out, "--no-progress"])
     assert_one_line_error(status, output, f"disk full writing {out}")
     assert not out.exists() and not (out.parent / "preds.skipped.csv").exists() and no_staging_left(out.parent)
     monkeypatch.undo()  # with room on the disk the same command writes both files
-    status, output = run_cli(capsys, ["predict", "--checkpoint", checkpoint, "--images", *images, "--out", out, "--no-progress"])
+    status, output = run_cli(capsys, ["predict-files", "--ckpt_path", checkpoint, "--images", *images, "--out", out, "--no-progress"])
     assert status == 0, output
     assert len(pd.read_csv(out)) == 3 and (out.parent / "preds.skipped.csv").is_file() and no_staging_left(out.parent)
 
@@ -447,10 +452,10 @@ def test_fit_meeting_an_unreadable_image_prints_one_line_naming_it(synthetic_roo
     path.write_bytes(path.read_bytes()[:60])  # truncated
     status, output = run_cli(capsys, [
         "fit", "--model", "cxr_lightning.models.BaselineCNN", "--model.channels", "[8, 8, 16, 16, 16]",
-        f"--data.data_root={root}", "--data.split=official", "--data.val_fraction=0.25", "--data.image_size=32",
-        "--data.batch_size=200", f"--data.num_workers={workers}", f"--trainer.default_root_dir={tmp_path / 'run'}",
+        f"--data.data_root={root}", "--data.split.name=official", "--data.split.val_fraction=0.25", "--data.images.size=32",
+        "--data.loading.batch_size=200", f"--data.loading.num_workers={workers}", f"--trainer.default_root_dir={tmp_path / 'run'}",
         "--trainer.max_epochs=1", "--trainer.accelerator=cpu", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
         "--trainer.num_sanity_val_steps=0",
     ])  # fmt: skip
-    line = assert_one_line_error(status, output, str(path), "--data.on_bad_image skip")
+    line = assert_one_line_error(status, output, str(path), "--data.images.on_bad skip")
     assert line.startswith("cxr-lightning: error: ") and "Caught" not in line

@@ -1,9 +1,15 @@
-"""Shipped configs by bare name: ``--config resnet_log`` finds ``configs/resnet_log.yaml`` from any directory."""
+"""Shipped configs by bare name: ``--config resnet_log`` finds ``configs/resnet_log.yaml`` from any directory.
+
+Configs and ``--data.*`` overrides in the flat layout of before the data sections are translated
+here too (:mod:`cxr_lightning.cli.legacy_options`), so every way in meets one layout.
+"""
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+
+from cxr_lightning.cli.legacy_options import translate_legacy_args
 
 
 def shipped_config(name: str) -> Path | None:
@@ -22,7 +28,7 @@ def shipped_config_names() -> list[str]:
 
 
 def resolve_config_args(args: list[str]) -> list[str]:
-    """Replace each ``--config X`` whose X is not a file by the shipped config of that name."""
+    """Replace each ``--config X`` whose X is not a file by the shipped config of that name; translate flat data options."""
     out = list(args)
     for i, arg in enumerate(out):
         value, prefix = None, ""
@@ -36,4 +42,4 @@ def resolve_config_args(args: list[str]) -> list[str]:
         if found is None:
             raise SystemExit(f"config {value!r} is neither a file nor a shipped config; shipped: {', '.join(shipped_config_names())}")
         out[index] = prefix + str(found)
-    return out
+    return translate_legacy_args(out)

@@ -30,13 +30,14 @@ def user_error(err: BaseException) -> str | None:
     from cxr_lightning.data.dataset import DataNotFoundError
     from cxr_lightning.data.images import ImageDecodeError
     from cxr_lightning.data.metadata import MetadataError
+    from cxr_lightning.evaluation.predictions_file import PredictionsFileError
     from cxr_lightning.models.weights import WeightsFileError, WeightsNotFoundError
     from cxr_lightning.output_files import OutputFileError, disk_full_message
     from cxr_lightning.training.run_lock import RunFolderError
 
     seen = set()
     known = (DataNotFoundError, MetadataError, WeightsNotFoundError, WeightsFileError, CheckpointError, RunFolderError,
-             ConfigValueError, OutputFileError, ImageDecodeError)  # fmt: skip
+             ConfigValueError, OutputFileError, ImageDecodeError, PredictionsFileError)  # fmt: skip
     first = err
     while err is not None and id(err) not in seen:
         if isinstance(err, known):

@@ -17,10 +17,12 @@ from cxr_lightning.checkpoint import (
     CheckpointError,
     is_trusted_class_path,
     read_checkpoint,
+    recorded_class_path,
     untrusted_class_message,
 )
+from cxr_lightning.cli.input_facts import fill_input_facts
 from cxr_lightning.data.datamodule import ChestXrayDataModule
-from cxr_lightning.models.base import CXRClassifier
+from cxr_lightning.models.base import CLASS_PATH_KEY, CXRClassifier
 from cxr_lightning.training.callbacks import PredictionCSVWriter, TestOutputWriter, ThresholdTuner
 from cxr_lightning.training.checkpointing import LatestCheckpoint
 from cxr_lightning.training.run_lock import RunFolderError, RunFolderLock, is_global_rank_zero
@@ -61,6 +63,7 @@ class CXRLightningCLI(LightningCLI):
         no_abbreviations = {"allow_abbrev": False}
         kwargs.setdefault("parser_kwargs", {**no_abbreviations, **{name: dict(no_abbreviations) for name in self.subcommands()}})
         self._run_lock: RunFolderLock | None = None
+        self._held_ckpt_path: str | None = None
         try:
             super().__init__(CXRClassifier, ChestXrayDataModule, *args, **kwargs)
         finally:
@@ -75,15 +78,16 @@ class CXRLightningCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         # The best checkpoint is saved right after each validation, before last.ckpt is written in the
         # same hook: last.ckpt then records the best there is (a resume keeps the right best, and no stale one).
+        # One name, best.ckpt beside last.ckpt, rewritten in place by a rerun (no best-v1.ckpt beside a stale
+        # best-epoch=NN.ckpt); the epoch it holds is in the file and in metrics.json.
         parser.set_defaults({"checkpoint.monitor": "val/loss", "checkpoint.mode": "min", "checkpoint.save_last": False,
-                             "checkpoint.filename": "best-{epoch:02d}", "checkpoint.save_on_train_epoch_end": False})  # fmt: skip
+                             "checkpoint.filename": "best", "checkpoint.enable_version_counter": False,
+                             "checkpoint.save_on_train_epoch_end": False})  # fmt: skip
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=_checkpoint_dir)
         # The one writer of last.ckpt: after every epoch and every 10 minutes of training, so a
         # preempted run loses at most that much; rewritten in place on a rerun (no last-v1.ckpt).
         parser.add_lightning_class_args(LatestCheckpoint, "resume_checkpoint")
-        parser.set_defaults({"resume_checkpoint.save_last": True, "resume_checkpoint.save_top_k": 0,
-                             "resume_checkpoint.train_time_interval": "0:10:00",
-                             "resume_checkpoint.enable_version_counter": False})  # fmt: skip
+        parser.set_defaults({"resume_checkpoint.train_time_interval": "0:10:00"})
         parser.link_arguments("trainer.default_root_dir", "resume_checkpoint.dirpath", compute_fn=_checkpoint_dir)
         parser.add_argument("--test_after_fit", type=bool, default=False, help="run test on the best checkpoint after fit")
         parser.add_argument("--trust_model_class", type=list[str], default=[],
@@ -96,7 +100,17 @@ class CXRLightningCLI(LightningCLI):
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
 
-    def _parse_ckpt_path(self) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        self._merge_checkpoint_settings()
+        # LightningCLI then merges a --ckpt_path checkpoint's settings itself, importing any class the
+        # checkpoint names: the path is held back from that step and given back before instantiation.
+        subcommand = self.config.get("subcommand")
+        if subcommand and self.config[subcommand].get("ckpt_path") is not None:
+            self._held_ckpt_path = self.config[subcommand]["ckpt_path"]
+            self.config[subcommand]["ckpt_path"] = None
+
+    def _merge_checkpoint_settings(self) -> None:
         """Take the model's settings from ``--ckpt_path``, as LightningCLI does, but safely.
 
         The checkpoint is read with ``weights_only=True`` (one-line errors for an empty, truncated or
@@ -119,8 +133,10 @@ class CXRLightningCLI(LightningCLI):
         if not hparams:
             return
         configured = (config.get("model") or {}).get("class_path")
-        # A checkpoint saved outside the CLI records no class path: its settings are the configured class's.
-        class_path = hparams.pop("_class_path", None) or configured
+        hparams.pop(CLASS_PATH_KEY, None)
+        # A checkpoint that records no class path (written outside the CLI by an older version): its
+        # settings are the configured class's.
+        class_path = recorded_class_path(checkpoint) or configured
         if class_path is not None:
             trusted = [*config.get("trust_model_class", []), *([configured] if configured else [])]
             if not isinstance(class_path, str) or not is_trusted_class_path(class_path, trusted):
@@ -133,6 +149,8 @@ class CXRLightningCLI(LightningCLI):
             raise
 
     def before_instantiate_classes(self) -> None:
+        if self._held_ckpt_path is not None:
+            self.config[self.subcommand]["ckpt_path"] = self._held_ckpt_path
         self._lock_run_folder()
         # Keep W&B's local files in the run directory unless a config says otherwise.
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
@@ -146,10 +164,12 @@ class CXRLightningCLI(LightningCLI):
                     init["save_dir"] = root
 
     def instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        fill_input_facts(config)  # data.images left null: the backbone's size, channels, normalisation
         # The data is checked before the model loads its (possibly large) pretrained weights.
-        data_config = self.config.get(self.subcommand, self.config).get("data") if self.subcommand else self.config.get("data")
+        data_config = config.get("data")
         if data_config is not None:
-            ChestXrayDataModule(**{k: v for k, v in data_config.as_dict().items() if not k.startswith("__")}).check_images_present()
+            ChestXrayDataModule(**_without_config_paths(data_config.as_dict())).check_images_present()
         super().instantiate_classes()
 
     def _lock_run_folder(self) -> None:
@@ -215,6 +235,11 @@ def _resolve_ckpt_path(ckpt_path: str | None, root: str | None) -> Path | None:
     if not path.is_file():
         raise CheckpointError(f"--ckpt_path {path}: no such file" + (" (it is a directory)" if path.is_dir() else ""))
     return path
+
+
+def _without_config_paths(options: dict) -> dict:
+    """The data options without jsonargparse's ``__path__`` entries (a section read from its own file has one too)."""
+    return {k: _without_config_paths(v) if isinstance(v, dict) else v for k, v in options.items() if not k.startswith("__")}
 
 
 def _inside(path: str, folder: str) -> bool:

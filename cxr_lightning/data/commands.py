@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cxr_lightning.cli.parser import CommandParser
 from cxr_lightning.data.cache.prepare import add_prepare_arguments, run_prepare_checked
 from cxr_lightning.data.download import add_download_arguments, run_download
 from cxr_lightning.data.labels import label_names
@@ -23,12 +24,12 @@ from cxr_lightning.output_files import atomic_outputs, atomic_write_text, check_
 def _add_table_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``stats`` and ``split``: the split, the data root it is read from, the bad-value policy."""
     add_split_arguments(parser)
-    parser.add_argument("--root", type=Path, default=None, help="data root whose metadata CSV and list files to use (default: the packaged NIH files)")
-    parser.add_argument("--bad-values", choices=("missing", "error"), default="missing", help="policy for bad ages/sexes/views")
+    parser.add_argument("--data_root", type=Path, default=None, help="data root whose metadata CSV and list files to use (default: the packaged NIH files)")
+    parser.add_argument("--bad_values", choices=("missing", "error"), default="missing", help="policy for bad ages/sexes/views")
 
 
 def _load(args: argparse.Namespace):
-    meta = read_metadata(args.metadata_csv or find_metadata_csv(args.root), bad_values=args.bad_values)
+    meta = read_metadata(args.metadata_csv or find_metadata_csv(args.data_root), bad_values=args.bad_values)
     for line in meta.report.lines():
         print(f"[metadata] {line}", file=sys.stderr)
     return meta, split_from_args(args, meta)
@@ -79,39 +80,39 @@ def format_synthetic_summary(summary) -> str:
         lines.append(f"{label:<20} {count:>9,} {summary.test_label_counts.get(label, 0):>8,}")
     run_dir = Path("runs") / Path(summary.out).name  # its own run folder: never over the demo's runs/demo
     lines.append(f"train with: cxr-lightning fit --config demo.yaml --data.data_root={summary.out} "
-                 f"--data.image_size={summary.image_size} --trainer.default_root_dir={run_dir}")  # fmt: skip
+                 f"--data.images.size={summary.image_size} --trainer.default_root_dir={run_dir}")  # fmt: skip
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cxr-lightning data", description="NIH ChestX-ray14 data commands", allow_abbrev=False)
+    parser = CommandParser(prog="cxr-lightning data", description="NIH ChestX-ray14 data commands")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    stats = commands.add_parser("stats", help="percent of positive images per label and split part (the paper's Table 4)", allow_abbrev=False)
+    stats = commands.add_parser("stats", help="percent of positive images per label and split part (the paper's Table 4)")
     _add_table_arguments(stats)
     stats.add_argument("--format", choices=("markdown", "csv"), default="markdown")
     stats.add_argument("--decimals", type=int, default=2)
-    stats.add_argument("--findings-only", action="store_true", help="the 14 findings, without No Finding")
+    stats.add_argument("--findings_only", action="store_true", help="the 14 findings, without No Finding")
     stats.add_argument("--out", type=Path, default=None, help="write to this file instead of standard output")
     stats.set_defaults(run=run_stats)
 
-    split = commands.add_parser("split", help="write train.txt, val.txt and test.txt (image names)", allow_abbrev=False)
+    split = commands.add_parser("split", help="write train.txt, val.txt and test.txt (image names)")
     _add_table_arguments(split)
     split.add_argument("--out", type=Path, required=True, help="output folder")
     split.set_defaults(run=run_split)
 
-    synth = commands.add_parser("synth", help="write a synthetic dataset in the NIH layout", allow_abbrev=False)
+    synth = commands.add_parser("synth", help="write a synthetic dataset in the NIH layout")
     synth.add_argument("--out", type=Path, required=True, help="output folder")
-    synth.add_argument("--num-images", type=int, default=2000)
-    synth.add_argument("--image-size", type=int, default=64)
+    synth.add_argument("--num_images", type=int, default=2000)
+    synth.add_argument("--image_size", type=int, default=64)
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(run=run_synth)
 
-    prepare = commands.add_parser("prepare", help="decode the images once into a resumable uint8 memmap cache of one size", allow_abbrev=False)
+    prepare = commands.add_parser("prepare", help="decode the images once into a resumable uint8 memmap cache of one size")
     add_prepare_arguments(prepare)
     prepare.set_defaults(run=run_prepare_checked)
 
-    download = commands.add_parser("download", help="download and extract the 12 NIH image archives (about 45 GB)", allow_abbrev=False)
+    download = commands.add_parser("download", help="download and extract the 12 NIH image archives (about 45 GB)")
     add_download_arguments(download)
     download.set_defaults(run=run_download)
     return parser

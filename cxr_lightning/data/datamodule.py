@@ -6,33 +6,39 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from cxr_lightning.data.cache import CachedChestXrayDataset, ImageCache, cached_collate, default_cache_dir, open_cache
 from cxr_lightning.data.dataset import DOWNLOAD_HINT, ChestXrayDataset, DataNotFoundError, has_images, index_images
-from cxr_lightning.data.encoding import MetadataEncoder, MetadataEncoding, PosWeightScheme, positive_class_weights
+from cxr_lightning.data.encoding import MetadataEncoder, positive_class_weights
 from cxr_lightning.data.gpu_augment import BatchAugment, BatchNormalize
 from cxr_lightning.data.labels import label_names
 from cxr_lightning.data.loading import ResumableDataLoader, ResumableSampler, collate_skipping_bad
-from cxr_lightning.data.metadata import (
-    TEST_LIST,
-    TRAIN_VAL_LIST,
-    BadValuePolicy,
-    NIHMetadata,
-    find_image_list,
-    find_metadata_csv,
-    read_metadata,
+from cxr_lightning.data.metadata import TEST_LIST, TRAIN_VAL_LIST, NIHMetadata, find_image_list, find_metadata_csv, read_metadata
+from cxr_lightning.data.options import (
+    FLAT_OPTIONS,
+    SECTIONS,
+    AugmentationOptions,
+    ConfigValueError,
+    DataOptions,
+    ImageOptions,
+    LabelOptions,
+    LoadingOptions,
+    MetadataOptions,
+    SplitOptions,
+    SyntheticData,
+    valid_option_names,
 )
 from cxr_lightning.data.sampling import RareFindingSampler, rare_finding_weights
-from cxr_lightning.data.splits import PAPER_SEED, PAPER_VAL_FRACTION, PARTS, PATIENT_FRACTIONS, Split, SplitName, make_split
+from cxr_lightning.data.splits import PARTS, Split, make_split
 from cxr_lightning.data.transforms import Augmentation, ImageTransform, normalization_stats
 
 #: The smallest input every shipped backbone still reduces to a feature map (the baseline CNN pools
@@ -42,10 +48,6 @@ IMAGE_SIZE_RANGE = (16, 2048)
 #: A batch larger than this does not fit in any accelerator's memory at the smallest image size.
 BATCH_SIZE_RANGE = (1, 65536)
 NUM_WORKERS_RANGE = (0, 1024)
-
-
-class ConfigValueError(ValueError):
-    """A DataModule option outside its allowed range; the message names the option, the value and the range."""
 
 
 def _check_int(name: str, value, allowed: tuple[int, int]) -> None:
@@ -62,44 +64,41 @@ def _check_fraction(name: str, value, closed: bool = False) -> None:
         raise ConfigValueError(f"data.{name} must be a number in {'[0, 1]' if closed else '(0, 1)'}, got {value!r}")
 
 
-def check_options(options: dict) -> None:
+def check_options(options: DataOptions) -> None:
     """Range checks of :class:`ChestXrayDataModule`'s numeric options, at construction, before any data is read."""
-    _check_int("image_size", options["image_size"], IMAGE_SIZE_RANGE)
-    _check_int("batch_size", options["batch_size"], BATCH_SIZE_RANGE)
-    if options["eval_batch_size"] is not None:
-        _check_int("eval_batch_size", options["eval_batch_size"], BATCH_SIZE_RANGE)
-    _check_int("num_workers", options["num_workers"], NUM_WORKERS_RANGE)
-    if options["prefetch_factor"] is not None:
-        _check_int("prefetch_factor", options["prefetch_factor"], (1, 1024))
-    _check_fraction("val_fraction", options["val_fraction"])
-    fractions = options["fractions"]
+    images, loading, split, augmentation = options.images, options.loading, options.split, options.augmentation
+    _check_int("images.size", images.size, IMAGE_SIZE_RANGE)
+    _check_int("loading.batch_size", loading.batch_size, BATCH_SIZE_RANGE)
+    if loading.eval_batch_size is not None:
+        _check_int("loading.eval_batch_size", loading.eval_batch_size, BATCH_SIZE_RANGE)
+    _check_int("loading.num_workers", loading.num_workers, NUM_WORKERS_RANGE)
+    if loading.prefetch_factor is not None:
+        _check_int("loading.prefetch_factor", loading.prefetch_factor, (1, 1024))
+    _check_fraction("split.val_fraction", split.val_fraction)
+    fractions = split.fractions
     if len(fractions) != 3:
-        raise ConfigValueError(f"data.fractions must be three numbers (train, val, test), got {fractions!r}")
+        raise ConfigValueError(f"data.split.fractions must be three numbers (train, val, test), got {fractions!r}")
     for fraction in fractions:
-        _check_fraction("fractions", fraction, closed=True)
+        _check_fraction("split.fractions", fraction, closed=True)
     if not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise ConfigValueError(f"data.fractions must sum to 1, got {list(fractions)} (sum {sum(fractions):g})")
-    degrees = options["rotation_degrees"]
+        raise ConfigValueError(f"data.split.fractions must sum to 1, got {list(fractions)} (sum {sum(fractions):g})")
+    degrees = augmentation.rotation_degrees
     if not (isinstance(degrees, (int, float)) and 0 <= degrees <= 180):
-        raise ConfigValueError(f"data.rotation_degrees must be a number in [0, 180], got {degrees!r}")
+        raise ConfigValueError(f"data.augmentation.rotation_degrees must be a number in [0, 180], got {degrees!r}")
     for name in ("brightness", "contrast"):  # the factor is drawn from [1 - b, 1 + b]: b >= 1 could black an image out
-        value = options[name]
+        value = getattr(augmentation, name)
         if not (isinstance(value, (int, float)) and 0 <= value < 1):
-            raise ConfigValueError(f"data.{name} must be a number in [0, 1), got {value!r}")
+            raise ConfigValueError(f"data.augmentation.{name} must be a number in [0, 1), got {value!r}")
+    _check_fraction("augmentation.horizontal_flip", augmentation.horizontal_flip, closed=True)
 
 
 # Marks the DataModule's state in a checkpoint. Lightning stores it under the DataModule's class
 # name, which a subclass changes: readers look for this mark instead.
 DATA_STATE_KIND = "cxr_lightning data spec 1"
 
-
-@dataclass
-class SyntheticData:
-    """Generate a synthetic NIH-layout dataset in ``data_root`` when it holds no metadata CSV."""
-
-    num_images: int = 2000
-    image_size: int = 64
-    seed: int = 0
+# The defaults of the section arguments: a section left at its default object is "not given", so a
+# flat name passed beside it (``image_size=32``) is no conflict.
+_DEFAULT_SECTIONS = {key: section() for key, section in SECTIONS.items()}
 
 
 class ChestXrayDataModule(L.LightningDataModule):
@@ -114,105 +113,60 @@ class ChestXrayDataModule(L.LightningDataModule):
     download``). The metadata CSV and official lists ship with the package and are used unless
     ``data_root`` (or the explicit paths) holds other copies.
 
+    The options are in sections (:mod:`cxr_lightning.data.options` documents each); a section may
+    be given as its dataclass or as a dict of some of its fields (the rest keep their defaults).
+
     Args:
         data_root: folder in the NIH layout (``images/*.png``, optional CSV and list files).
-        split: ``paper`` (73,633 / 12,891 / 25,596), ``official`` (official test list and a
-            patient-grouped validation part of ``val_fraction``) or ``patient`` (random
-            patient-grouped parts of ``fractions``).
-        val_fraction: patient fraction of train_val used for validation (``official``).
-        seed: seed of the ``official`` and ``patient`` splits (which patients validate and test).
+        split: which patients train, validate and test (:class:`~cxr_lightning.data.options.SplitOptions`).
+        labels: the labels predicted and their loss weights (:class:`~cxr_lightning.data.options.LabelOptions`).
+        metadata: the metadata CSV and its encoding (:class:`~cxr_lightning.data.options.MetadataOptions`).
+        images: input size, channels, normalisation, bad images, the image cache
+            (:class:`~cxr_lightning.data.options.ImageOptions`).
+        augmentation: training-image augmentation (:class:`~cxr_lightning.data.options.AugmentationOptions`).
+        loading: batches, workers and the training order (:class:`~cxr_lightning.data.options.LoadingOptions`).
         training_seed: seed of the augmentation, the shuffling and the oversampling; unset, the
-            split's ``seed`` (as before this option existed). Vary it, not ``seed``, to train again
-            on the same patients with other random draws.
-        fractions: train/val/test patient fractions of the ``patient`` split.
-        stratify: ``patient`` split only: cut each rarest-finding stratum by the fractions.
-        metadata_csv: metadata CSV; default the one in ``data_root`` or the packaged 2020 file.
-        train_val_list: official train_val list; default ``data_root``'s or the packaged one.
-        test_list: official test list; default ``data_root``'s or the packaged one.
-        bad_values: ``missing`` (count and impute bad ages/sexes/views) or ``error``.
-        include_no_finding: 15 labels (the paper's) or the 14 findings only.
-        image_size: side of the square model input in pixels.
-        image_channels: 3 (grey replicated, for ImageNet backbones) or 1.
-        normalization: ``imagenet``, ``beit`` (0.5/0.5), ``imagenet_grey`` or ``none``.
-        augment: augment the training split (rotation, brightness/contrast jitter).
-        rotation_degrees: maximum absolute rotation angle.
-        brightness: brightness jitter (factor drawn from [1 - b, 1 + b]).
-        contrast: contrast jitter (factor drawn from [1 - c, 1 + c]).
-        metadata_encoding: ``onehot`` (paper text, 5 features), ``code`` (ResNet/BEiT code, 3)
-            or ``cnn`` (CNN code, 3).
-        class_weights: positive-class loss weights from the train split: ``none``, ``linear``,
-            ``log`` (ResNet code) or ``beit_log`` (BEiT code).
-        batch_size: training batch size (per device).
-        eval_batch_size: validation/test batch size; default ``batch_size``.
-        num_workers: DataLoader worker processes.
-        pin_memory: pin host memory for faster transfer to the GPU.
-        persistent_workers: keep workers alive between epochs.
-        prefetch_factor: batches each worker loads ahead (PyTorch's default 2 when null).
-        on_bad_image: ``error`` stops at a missing or undecodable image, naming it; ``skip``
-            leaves it out, counts it and reports the names (missing files at set-up, unreadable
-            ones at the end of each epoch).
-        sampler: training order: ``shuffle`` (each image once per epoch) or ``rare_findings``
-            (weighted sampling with replacement, an image's weight growing with the rarity of its
-            rarest finding; see :func:`cxr_lightning.data.sampling.rare_finding_weights`).
-        sampler_power: ``rare_findings`` only: weight = (N / positives of the rarest finding) ** power.
-        image_cache: ``auto`` reads the images from the preprocessed cache of ``image_size``
-            (``cxr-lightning data prepare``) when one holds them, else decodes the PNGs; ``off``
-            always decodes; ``required`` stops when there is no such cache. With the cache the
-            CPU only moves uint8 bytes: augmentation and normalisation run on the training
-            device after transfer (``on_after_batch_transfer``), with the same distributions.
-        cache_dir: the cache folder, default ``data_root/cache/<image_size>``.
+            split's ``split.seed`` (as before this option existed). Vary it, not ``split.seed``, to
+            train again on the same patients with other random draws.
         synthetic: generate a synthetic dataset into ``data_root`` if it has no metadata CSV.
+        legacy_options: the flat option names of before the sections (``image_size=64``, as older
+            Python callers and checkpoints pass them), read through
+            :data:`cxr_lightning.data.options.FLAT_OPTIONS`.
     """
 
     def __init__(
         self,
         data_root: str | Path = "data/nih",
-        split: SplitName = "paper",
-        val_fraction: float = PAPER_VAL_FRACTION,
-        seed: int = PAPER_SEED,
+        split: SplitOptions = _DEFAULT_SECTIONS["split"],
+        labels: LabelOptions = _DEFAULT_SECTIONS["labels"],
+        metadata: MetadataOptions = _DEFAULT_SECTIONS["metadata"],
+        images: ImageOptions = _DEFAULT_SECTIONS["images"],
+        augmentation: AugmentationOptions = _DEFAULT_SECTIONS["augmentation"],
+        loading: LoadingOptions = _DEFAULT_SECTIONS["loading"],
         training_seed: int | None = None,
-        fractions: tuple[float, float, float] = PATIENT_FRACTIONS,
-        stratify: bool = False,
-        metadata_csv: str | Path | None = None,
-        train_val_list: str | Path | None = None,
-        test_list: str | Path | None = None,
-        bad_values: BadValuePolicy = "missing",
-        include_no_finding: bool = True,
-        image_size: int = 224,
-        image_channels: Literal[1, 3] = 3,
-        normalization: str = "imagenet",
-        augment: bool = True,
-        rotation_degrees: float = 10.0,
-        brightness: float = 0.1,
-        contrast: float = 0.1,
-        metadata_encoding: MetadataEncoding = "onehot",
-        class_weights: PosWeightScheme = "none",
-        batch_size: int = 32,
-        eval_batch_size: int | None = None,
-        num_workers: int = 4,
-        pin_memory: bool = True,
-        persistent_workers: bool = False,
-        prefetch_factor: int | None = None,
-        on_bad_image: Literal["error", "skip"] = "error",
-        sampler: Literal["shuffle", "rare_findings"] = "shuffle",
-        sampler_power: float = 0.5,
-        image_cache: Literal["auto", "off", "required"] = "auto",
-        cache_dir: str | Path | None = None,
         synthetic: SyntheticData | None = None,
+        **legacy_options,
     ):
-        check_options(locals())  # the arguments above, by name: fail before anything is read or built
+        unknown = [name for name in legacy_options if name not in FLAT_OPTIONS]
+        if unknown:
+            valid = ", ".join(valid_option_names())
+            raise TypeError(f"{type(self).__name__}: unknown option(s) {', '.join(unknown)}; valid: {valid}")
+        given = {"data_root": data_root, "training_seed": training_seed, "synthetic": synthetic}
+        sections = {"split": split, "labels": labels, "metadata": metadata, "images": images,
+                    "augmentation": augmentation, "loading": loading}  # fmt: skip
+        given.update({key: value for key, value in sections.items() if value is not _DEFAULT_SECTIONS[key]})
+        options = DataOptions.from_config({**given, **legacy_options})
+        self.options = replace(options, images=options.images.resolved())  # null input facts: the defaults
+        check_options(self.options)  # fail before anything is read or built
         super().__init__()
-        # jsonargparse may hand the dataclass over as a dict; checkpoints keep plain types only
-        # (paths as str, the dataclass as a dict) so they load with torch.load(weights_only=True).
-        self.synthetic = SyntheticData(**synthetic) if isinstance(synthetic, dict) else synthetic
-        synthetic = asdict(self.synthetic) if self.synthetic is not None else None
-        data_root, metadata_csv, train_val_list, test_list, cache_dir = (
-            None if p is None else str(p) for p in (data_root, metadata_csv, train_val_list, test_list, cache_dir)
-        )
-        self.save_hyperparameters()
-        normalization_stats(normalization, image_channels)  # fail early on a bad name
-        self.data_root = Path(data_root)
-        self.encoder = MetadataEncoder(metadata_encoding)
+        # Plain types only (nested dicts, paths as str) so checkpoints load with torch.load(weights_only=True);
+        # a checkpoint's hyper-parameters rebuild the DataModule as ChestXrayDataModule(**hparams).
+        self.save_hyperparameters(self.options.as_plain_dict())
+        self.synthetic = self.options.synthetic
+        images = self.options.images
+        normalization_stats(images.normalization, images.channels)  # fail early on a bad name
+        self.data_root = Path(self.options.data_root)
+        self.encoder = MetadataEncoder(self.options.metadata.encoding)
         self._meta: NIHMetadata | None = None
         self._split: Split | None = None
         self._datasets: dict[str, ChestXrayDataset] = {}
@@ -222,13 +176,15 @@ class ChestXrayDataModule(L.LightningDataModule):
         self._encoder_fitted = False
         self._cache: ImageCache | None | bool = False  # False: not looked for yet
         # Used only for cached uint8 batches, on whatever device they land.
-        self.batch_normalize = BatchNormalize(image_channels, normalization)
-        self.batch_augment = BatchAugment(rotation_degrees, brightness, contrast, image_channels, normalization)
+        augmentation = self.options.augmentation
+        self.batch_normalize = BatchNormalize(images.channels, images.normalization)
+        self.batch_augment = BatchAugment(augmentation.rotation_degrees, augmentation.brightness, augmentation.contrast,
+                                          images.channels, images.normalization, horizontal_flip=augmentation.horizontal_flip)  # fmt: skip
 
     # ----- values the CLI links into the model (available right after construction) -----
     @property
     def label_names(self) -> list[str]:
-        return list(label_names(self.hparams.include_no_finding))
+        return list(label_names(self.options.labels.include_no_finding))
 
     @property
     def num_labels(self) -> int:
@@ -246,19 +202,19 @@ class ChestXrayDataModule(L.LightningDataModule):
     @property
     def pos_weight(self) -> list[float] | None:
         weights = positive_class_weights(
-            np.asarray(self.train_label_counts), len(self._fit_rows()), self.hparams.class_weights, tuple(self.label_names)
+            np.asarray(self.train_label_counts), len(self._fit_rows()), self.options.labels.class_weights, tuple(self.label_names)
         )
         return None if weights is None else weights.tolist()
 
     def _fit_rows(self) -> np.ndarray:
         """Train rows the class weights and the age normalisation come from: the images trained on.
 
-        With ``on_bad_image: skip`` that leaves out train images that are missing (a partial
+        With ``images.on_bad: skip`` that leaves out train images that are missing (a partial
         download); otherwise every train row (a missing image is an error at setup), which needs
         no image at all, so the weights are known before any download.
         """
         _, split = self._tables()
-        if self.hparams.on_bad_image == "skip" and (self.synthetic is not None or has_images(self.data_root)):
+        if self.options.images.on_bad == "skip" and (self.synthetic is not None or has_images(self.data_root)):
             return self._readable_rows("train")[0]
         return split.train
 
@@ -271,31 +227,31 @@ class ChestXrayDataModule(L.LightningDataModule):
 
     @property
     def training_seed(self) -> int:
-        """The seed of augmentation, shuffling and oversampling (``training_seed``, else the split's ``seed``)."""
-        h = self.hparams
-        return h.seed if h.training_seed is None else h.training_seed
+        """The seed of augmentation, shuffling and oversampling (``training_seed``, else ``split.seed``)."""
+        options = self.options
+        return options.split.seed if options.training_seed is None else options.training_seed
 
     @property
     def normalization_stats(self) -> tuple[list[float], list[float]]:
-        return normalization_stats(self.hparams.normalization, self.hparams.image_channels)
+        return normalization_stats(self.options.images.normalization, self.options.images.channels)
 
     # ----- metadata and split -----
     def _tables(self) -> tuple[NIHMetadata, Split]:
         """Read the metadata and build the split once (cheap: about 2 s for NIH)."""
         if self._meta is None:
             self._ensure_synthetic()
-            h = self.hparams
-            csv = Path(h.metadata_csv) if h.metadata_csv else find_metadata_csv(self.data_root)
-            meta = read_metadata(csv, bad_values=h.bad_values)
+            given, options = self.options.split, self.options.metadata
+            csv = Path(options.csv) if options.csv else find_metadata_csv(self.data_root)
+            meta = read_metadata(csv, bad_values=options.bad_values)
             split = make_split(
-                h.split,
+                given.name,
                 meta,
-                Path(h.train_val_list) if h.train_val_list else find_image_list(self.data_root, TRAIN_VAL_LIST),
-                Path(h.test_list) if h.test_list else find_image_list(self.data_root, TEST_LIST),
-                val_fraction=h.val_fraction,
-                seed=h.seed,
-                fractions=tuple(h.fractions),
-                stratify=h.stratify,
+                Path(given.train_val_list) if given.train_val_list else find_image_list(self.data_root, TRAIN_VAL_LIST),
+                Path(given.test_list) if given.test_list else find_image_list(self.data_root, TEST_LIST),
+                val_fraction=given.val_fraction,
+                seed=given.seed,
+                fractions=tuple(given.fractions),
+                stratify=given.stratify,
             )
             self._meta, self._split = meta, split
             counts = ", ".join(f"{p} {len(split.part(p)):,}" for p in PARTS)
@@ -339,14 +295,15 @@ class ChestXrayDataModule(L.LightningDataModule):
                 self._datasets[part] = self.dataset(part)
 
     def image_cache(self) -> ImageCache | None:
-        """The preprocessed image cache for ``image_size``, if used (looked up once)."""
-        h = self.hparams
+        """The preprocessed image cache for ``images.size``, if used (looked up once)."""
+        images = self.options.images
+        size = images.size
         if self._cache is False:
-            self._cache = None if h.image_cache == "off" else open_cache(self.data_root, h.image_size, path=h.cache_dir)
-            if self._cache is None and h.image_cache == "required":
+            self._cache = None if images.cache == "off" else open_cache(self.data_root, size, path=images.cache_dir)
+            if self._cache is None and images.cache == "required":
                 raise DataNotFoundError(
-                    f"no complete {h.image_size}x{h.image_size} image cache under {h.cache_dir or default_cache_dir(self.data_root, h.image_size)};"
-                    f" build it with: cxr-lightning data prepare --root {self.data_root} --size {h.image_size}"
+                    f"no complete {size}x{size} image cache under {images.cache_dir or default_cache_dir(self.data_root, size)};"
+                    f" build it with: cxr-lightning data prepare --root {self.data_root} --size {size}"
                 )
             if self._cache is not None:
                 # PNGs replaced after the cache was built (size or mtime differ) would train on stale
@@ -356,8 +313,8 @@ class ChestXrayDataModule(L.LightningDataModule):
                 changed = self._cache.changed_sources(self.data_root, ignore_missing=True, located=self._located)
                 if changed:
                     message = (f"{len(changed):,} image(s) changed since the cache {self._cache.path} was built (e.g. {changed[:3]}); "
-                               f"update it with: cxr-lightning data prepare --root {self.data_root} --size {h.image_size}")  # fmt: skip
-                    if h.image_cache == "required":
+                               f"update it with: cxr-lightning data prepare --root {self.data_root} --size {size}")  # fmt: skip
+                    if images.cache == "required":
                         raise DataNotFoundError(message)
                     rank_zero_warn(f"[data] {message}. Decoding the PNGs meanwhile.")
                     self._cache = None
@@ -366,7 +323,7 @@ class ChestXrayDataModule(L.LightningDataModule):
     def _readable_rows(self, part: str) -> tuple[np.ndarray, ImageCache | None]:
         """The part's rows whose images will be read, and the cache they come from (None: the PNGs).
 
-        Missing images raise (``on_bad_image: error``) or are left out, named and counted
+        Missing images raise (``images.on_bad: error``) or are left out, named and counted
         (``skip``); rows keep their labels and metadata, nothing shifts to another image. Once per part.
         """
         if part in self._readable:
@@ -374,11 +331,11 @@ class ChestXrayDataModule(L.LightningDataModule):
         meta, split = self._tables()
         rows = split.part(part)
         names = meta.frame["image"].to_numpy()[rows]
-        h = self.hparams
+        on_bad = self.options.images.on_bad
         cache = self.image_cache()
         if cache is not None:
             absent = cache.missing(names)
-            if not absent or h.on_bad_image == "skip":
+            if not absent or on_bad == "skip":
                 if absent:
                     rank_zero_warn(f"[data] skipping {len(absent):,} {part} images the cache lacks or marks bad, e.g. {list(absent)[:5]}")
                     self.skipped_missing[part] = list(absent)
@@ -391,13 +348,13 @@ class ChestXrayDataModule(L.LightningDataModule):
             self._located = index_images(self.data_root)
         present = np.array([n in self._located for n in names], dtype=bool)
         missing = names[~present].tolist()
-        if missing and (h.on_bad_image == "error" or not present.any()):
+        if missing and (on_bad == "error" or not present.any()):
             raise DataNotFoundError(
                 f"{len(missing):,} of {len(names):,} {part} images are missing under {self.data_root.resolve()}/images "
                 f"(e.g. {missing[:3]}).\n" + DOWNLOAD_HINT.format(root=self.data_root)
             )
         if missing:
-            rank_zero_warn(f"[data] skipping {len(missing):,} missing {part} images (on_bad_image=skip), e.g. {missing[:5]}")
+            rank_zero_warn(f"[data] skipping {len(missing):,} missing {part} images (images.on_bad=skip), e.g. {missing[:5]}")
             self.skipped_missing[part] = missing
             rows = rows[present]
         self._readable[part] = (rows, None)
@@ -408,8 +365,10 @@ class ChestXrayDataModule(L.LightningDataModule):
         meta, _ = self._tables()
         rows, cache = self._readable_rows(part)
         names = meta.frame["image"].to_numpy()[rows]
-        h = self.hparams
-        augmentation = Augmentation(h.rotation_degrees, h.brightness, h.contrast) if (part == "train" and h.augment) else None
+        images, jitter = self.options.images, self.options.augmentation
+        augmentation = None
+        if part == "train" and jitter.enabled:
+            augmentation = Augmentation(jitter.rotation_degrees, jitter.brightness, jitter.contrast, jitter.horizontal_flip)
         labels = meta.label_matrix(tuple(self.label_names))[rows]
         metadata = self._fitted_encoder().encode(meta.frame.iloc[rows])
         if cache is not None:
@@ -418,21 +377,21 @@ class ChestXrayDataModule(L.LightningDataModule):
             paths=[self._located[n] for n in names],
             labels=labels,
             metadata=metadata,
-            transform=ImageTransform(h.image_size, h.image_channels, h.normalization, augmentation),
+            transform=ImageTransform(images.size, images.channels, images.normalization, augmentation),
             seed=self.training_seed,
-            skip_bad_images=h.on_bad_image == "skip",
+            skip_bad_images=images.on_bad == "skip",
         )
 
     def _loader(self, part: str) -> DataLoader:
         if part not in self._datasets:
             self._datasets[part] = self.dataset(part)
-        h = self.hparams
+        loading = self.options.loading
         dataset = self._datasets[part]
         options = dict(
-            num_workers=h.num_workers,
-            pin_memory=h.pin_memory and torch.cuda.is_available(),
-            persistent_workers=h.persistent_workers and h.num_workers > 0,
-            prefetch_factor=h.prefetch_factor if h.num_workers > 0 else None,
+            num_workers=loading.num_workers,
+            pin_memory=loading.pin_memory and torch.cuda.is_available(),
+            persistent_workers=loading.persistent_workers and loading.num_workers > 0,
+            prefetch_factor=loading.prefetch_factor if loading.num_workers > 0 else None,
             collate_fn=cached_collate if isinstance(dataset, CachedChestXrayDataset) else collate_skipping_bad,
             # The loader's own generator: starting an epoch's iterator must not draw from the global
             # RNG (dropout's), or a run resumed from an end-of-epoch checkpoint would diverge by that
@@ -440,15 +399,15 @@ class ChestXrayDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.training_seed),
         )
         if part != "train":
-            return DataLoader(dataset, batch_size=h.eval_batch_size or h.batch_size, shuffle=False, **options)
+            return DataLoader(dataset, batch_size=loading.eval_batch_size or loading.batch_size, shuffle=False, **options)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        if h.sampler == "rare_findings":
-            weights = rare_finding_weights(dataset.labels.numpy().astype(np.uint8), power=h.sampler_power, label_names=self.label_names)
+        if loading.sampler == "rare_findings":
+            weights = rare_finding_weights(dataset.labels.numpy().astype(np.uint8), power=loading.sampler_power, label_names=self.label_names)
             sampler = RareFindingSampler(weights, seed=self.training_seed, num_replicas=world, rank=rank, epoch_tensor=dataset.epoch)
         else:
             sampler = ResumableSampler(dataset, seed=self.training_seed, num_replicas=world, rank=rank, epoch_tensor=dataset.epoch)
-        return ResumableDataLoader(dataset, batch_size=h.batch_size, sampler=sampler, progress=self._batches_processed, **options)
+        return ResumableDataLoader(dataset, batch_size=loading.batch_size, sampler=sampler, progress=self._batches_processed, **options)
 
     def _batches_processed(self) -> int:
         """Batches of the current epoch that training has processed (what a resume skips)."""
@@ -474,6 +433,16 @@ class ChestXrayDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test")
 
+    def demographics(self, image_names: list[str]) -> pd.DataFrame:
+        """``age`` (years), ``sex`` and ``view`` of the named images, from this DataModule's metadata (in order).
+
+        What ``test`` writes beside the predictions, so subgroup tables group the data the run
+        tested (its own metadata, a synthetic root's too). A name the metadata lacks gets NaN/empty.
+        """
+        meta, _ = self._tables()
+        frame = meta.frame.set_index("image")[["age", "sex", "view"]]
+        return frame.reindex([Path(str(name)).name for name in image_names]).reset_index(drop=True)
+
     def state_dict(self) -> dict:
         """What a checkpoint needs to encode new inputs like the training data."""
         mean, std = self.normalization_stats
@@ -481,7 +450,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             "kind": DATA_STATE_KIND,  # found by this mark, whatever the (sub)class's key in the checkpoint
             "label_names": self.label_names,
             "metadata_encoder": self._fitted_encoder().state(),
-            "image_size": self.hparams.image_size,
-            "image_channels": self.hparams.image_channels,
-            "normalization": {"name": self.hparams.normalization, "mean": mean, "std": std},
+            "image_size": self.options.images.size,
+            "image_channels": self.options.images.channels,
+            "normalization": {"name": self.options.images.normalization, "mean": mean, "std": std},
         }

@@ -23,7 +23,7 @@ from cxr_lightning.data.loading import sample_seed
 
 DOWNLOAD_HINT = (
     "Download the NIH ChestX-ray14 images (112,120 PNGs, about 45 GB) with\n"
-    "    cxr-lightning data download --root {root}\n"
+    "    cxr-lightning data download --data_root {root}\n"
     "or point data.data_root at a folder holding images/ (or the Kaggle images_*/images/ folders).\n"
     "To try the pipeline without the images: cxr-lightning data synth --out {root}_synthetic"
 )
@@ -120,7 +120,7 @@ class ChestXrayDataset(Dataset):
             if self.skip_bad_images:
                 return {"skipped": name}
             raise ImageDecodeError(
-                f"{err}. Replace or remove it, or pass --data.on_bad_image skip to leave unreadable images out (counted and reported)"
+                f"{err}. Replace or remove it, or pass --data.images.on_bad skip to leave unreadable images out (counted and reported)"
             ) from err
         # Augmentation randomness comes from (seed, epoch, index) alone: the same sample gets the
         # same augmentation whatever the worker, the prefetching or an interruption and resume.

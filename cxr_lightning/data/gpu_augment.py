@@ -6,7 +6,8 @@ model's ``(B, C, S, S)`` float32 input on the accelerator:
 
 * :class:`BatchNormalize` (validation/test): ``/255``, replicate to C channels, ``(x - mean) / std``.
 * :class:`BatchAugment` (training): the per-sample :class:`~cxr_lightning.data.transforms.Augmentation`
-  with independent draws per sample and the same distributions and operations: rotation by an
+  with independent draws per sample and the same distributions and operations: a left-right flip
+  with probability ``horizontal_flip`` (off by default), then rotation by an
   angle uniform in [-deg, deg] (bilinear, fill 0, exactly torchvision's ``rotate`` grid and fill
   blending), then brightness (factor U[1-b, 1+b]; ``clamp(f * x, 0, 1)``) and contrast (factor
   U[1-c, 1+c]; ``clamp(f * x + (1 - f) * mean(x), 0, 1)``, the mean over the image as in
@@ -17,7 +18,7 @@ Given the same parameters, :meth:`BatchAugment.augment` equals torchvision's per
 come from :func:`~cxr_lightning.data.transforms.draw_augmentation`, the per-sample path's own draw:
 either from one ``generator`` in turn or, for resumable deterministic training, from the batch:
 :class:`~cxr_lightning.data.cache.CachedChestXrayDataset` with an ``augmentation`` puts an
-``augment`` ``(B, 4)`` table in each batch, drawn per sample from ``sample_seed(seed, epoch,
+``augment`` ``(B, 5)`` table in each batch, drawn per sample from ``sample_seed(seed, epoch,
 index)``, so both paths augment a sample identically.
 """
 
@@ -90,36 +91,43 @@ class BatchNormalize(nn.Module):
 @dataclass
 class AugmentParams:
     """A batch's per-sample draws (one :class:`~cxr_lightning.data.transforms.AugmentationParams` a row):
-    ``angle`` (degrees), ``brightness`` and ``contrast`` factors and ``contrast_first``."""
+    ``angle`` (degrees), ``brightness`` and ``contrast`` factors, ``contrast_first`` and ``flip`` (left-right)."""
 
     angle: torch.Tensor
     brightness: torch.Tensor
     contrast: torch.Tensor
     contrast_first: torch.Tensor
+    flip: torch.Tensor
+
+    #: Columns of :meth:`as_tensor`'s table, in :class:`~cxr_lightning.data.transforms.AugmentationParams`' field order.
+    COLUMNS = ("angle", "brightness", "contrast", "contrast_first", "flip")
 
     def to(self, device: torch.device | str) -> AugmentParams:
-        return AugmentParams(*(t.to(device) for t in (self.angle, self.brightness, self.contrast, self.contrast_first)))
+        return AugmentParams(*(getattr(self, name).to(device) for name in self.COLUMNS))
 
     def as_tensor(self) -> torch.Tensor:
-        """``(B, 4)`` float32: angle, brightness, contrast, contrast_first (0/1)."""
-        return torch.stack([self.angle.float(), self.brightness.float(), self.contrast.float(), self.contrast_first.float()], dim=1)
+        """``(B, 5)`` float32: angle, brightness, contrast, contrast_first (0/1), flip (0/1)."""
+        return torch.stack([getattr(self, name).float() for name in self.COLUMNS], dim=1)
 
     @classmethod
     def from_tensor(cls, table: torch.Tensor) -> AugmentParams:
-        if table.ndim != 2 or table.shape[1] != 4:
-            raise ValueError(f"augmentation parameters must be (B, 4), got {tuple(table.shape)}")
-        return cls(table[:, 0], table[:, 1], table[:, 2], table[:, 3] > 0.5)
+        width = len(cls.COLUMNS)
+        if table.ndim != 2 or table.shape[1] != width:
+            raise ValueError(f"augmentation parameters must be (B, {width}), got {tuple(table.shape)}")
+        return cls(table[:, 0], table[:, 1], table[:, 2], table[:, 3] > 0.5, table[:, 4] > 0.5)
 
     @classmethod
     def from_draws(cls, draws: Sequence[AugmentationParams]) -> AugmentParams:
         """Stack per-sample draws into a batch (float32; drawn in float64, rounded once here)."""
-        table = torch.tensor([astuple(d) for d in draws], dtype=torch.float64).reshape(-1, 4)
-        return cls(table[:, 0].float(), table[:, 1].float(), table[:, 2].float(), table[:, 3] > 0.5)
+        table = torch.tensor([astuple(d) for d in draws], dtype=torch.float64).reshape(-1, len(cls.COLUMNS))
+        return cls(table[:, 0].float(), table[:, 1].float(), table[:, 2].float(), table[:, 3] > 0.5, table[:, 4] > 0.5)
 
     @classmethod
-    def from_seeds(cls, seeds, rotation_degrees: float, brightness: float, contrast: float) -> AugmentParams:
+    def from_seeds(
+        cls, seeds, rotation_degrees: float, brightness: float, contrast: float, horizontal_flip: float = 0.0
+    ) -> AugmentParams:
         """One draw per seed, exactly as the per-sample ``Augmentation`` draws it from ``Generator().manual_seed(seed)``."""
-        augmentation = Augmentation(rotation_degrees, brightness, contrast)
+        augmentation = Augmentation(rotation_degrees, brightness, contrast, horizontal_flip)
         generator = torch.Generator()
         return cls.from_draws([draw_augmentation(generator.manual_seed(int(seed)), augmentation) for seed in seeds])
 
@@ -161,6 +169,7 @@ class BatchAugment(BatchNormalize):
         generator: default random generator (``forward`` can pass another); each sample's draw is
             :func:`~cxr_lightning.data.transforms.draw_augmentation` from it in turn, on the
             generator's device (the global CPU generator when there is none), then moved to the batch.
+        horizontal_flip: probability of flipping a sample left-right, before the rotation (0: none).
     """
 
     def __init__(
@@ -171,12 +180,14 @@ class BatchAugment(BatchNormalize):
         channels: int = 3,
         normalization: str = "imagenet",
         generator: torch.Generator | None = None,
+        horizontal_flip: float = 0.0,
     ):
         super().__init__(channels, normalization)
         self.rotation_degrees = float(rotation_degrees)
         self.brightness = float(brightness)
         self.contrast = float(contrast)
-        self.augmentation = Augmentation(self.rotation_degrees, self.brightness, self.contrast)
+        self.horizontal_flip = float(horizontal_flip)
+        self.augmentation = Augmentation(self.rotation_degrees, self.brightness, self.contrast, self.horizontal_flip)
         self.generator = generator
 
     def sample_params(self, batch_size: int, device: torch.device | str | None = None, generator: torch.Generator | None = None) -> AugmentParams:
@@ -188,6 +199,8 @@ class BatchAugment(BatchNormalize):
     def augment(self, grey: torch.Tensor, params: AugmentParams) -> torch.Tensor:
         """Float ``(B, 1, S, S)`` in [0, 1] -> augmented float ``(B, 1, S, S)`` in [0, 1]."""
         params = params.to(grey.device)
+        if self.horizontal_flip:  # first, as Augmentation.apply flips before it rotates
+            grey = torch.where(params.flip.view(-1, 1, 1, 1), grey.flip(-1), grey)
         if self.rotation_degrees:
             grey = rotate_batch(grey, params.angle)
         view = (-1, 1, 1, 1)
@@ -213,7 +226,7 @@ class BatchAugment(BatchNormalize):
     def forward(
         self, images: torch.Tensor, generator: torch.Generator | None = None, params: AugmentParams | torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Augment and normalise; ``params`` (e.g. a batch's ``augment`` ``(B, 4)`` table from
+        """Augment and normalise; ``params`` (e.g. a batch's ``augment`` ``(B, 5)`` table from
         :class:`~cxr_lightning.data.cache.CachedChestXrayDataset`) replaces the random draws."""
         self._check(images)
         grey = to_unit_float(images).clamp(0.0, 1.0)
@@ -228,7 +241,7 @@ class BatchAugment(BatchNormalize):
     def extra_repr(self) -> str:
         return (
             f"rotation_degrees={self.rotation_degrees}, brightness={self.brightness}, contrast={self.contrast}, "
-            + super().extra_repr()
+            f"horizontal_flip={self.horizontal_flip}, " + super().extra_repr()
         )
 
 

@@ -20,6 +20,7 @@ a non-integer patient id.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import warnings
 from collections.abc import Callable
@@ -211,7 +212,7 @@ def _parse_category(raw: pd.Series, parse: Callable[[object], str], policy, repo
 
 
 def _one_hot_labels(finding_labels: pd.Series, source: str) -> pd.DataFrame:
-    text = finding_labels.fillna("").astype(str)
+    text = finding_labels.fillna("").astype(str).reset_index(drop=True)  # row positions, whatever the index
     empty = (text.str.strip() == "").to_numpy()
     if empty.any():
         first = int(np.flatnonzero(empty)[0])
@@ -224,14 +225,23 @@ def _one_hot_labels(finding_labels: pd.Series, source: str) -> pd.DataFrame:
             f"{source}, line {_row(row)}: unknown label {parts[unknown].iloc[0]!r} in "
             f"{text.iloc[row]!r}; known labels: {', '.join(LABELS)}"
         )
-    onehot = pd.crosstab(parts.index, parts).reindex(index=range(len(text)), columns=list(LABELS), fill_value=0)
-    onehot = (onehot > 0).astype(np.uint8)
+    # Scatter (row, label) pairs into a matrix: pandas' crosstab does the same through a Python-level
+    # groupby, 2 s for the 112,120 NIH rows.
+    matrix = np.zeros((len(text), len(LABELS)), dtype=np.uint8)
+    matrix[parts.index.to_numpy(), pd.Index(LABELS).get_indexer(parts.to_numpy())] = 1
+    onehot = pd.DataFrame(matrix, columns=list(LABELS))
     contradictory = (onehot[NO_FINDING] == 1) & (onehot.drop(columns=NO_FINDING).sum(axis=1) > 0)
     if contradictory.any():
         row = int(np.flatnonzero(contradictory.to_numpy())[0])
         raise MetadataError(f"{source}, line {_row(row)}: 'No Finding' together with findings in {text.iloc[row]!r}")
     onehot.index = finding_labels.index
     return onehot
+
+
+@functools.lru_cache(maxsize=1)
+def packaged_metadata() -> NIHMetadata:
+    """The packaged NIH metadata, read once per process and shared: treat it as read-only (copy before changing it)."""
+    return read_metadata(quiet=True)
 
 
 def read_metadata(path: str | Path | None = None, bad_values: BadValuePolicy = "missing", quiet: bool = False) -> NIHMetadata:

@@ -425,6 +425,18 @@ def _fmt_float(value: float) -> str:
     return repr(round(float(value), 6))
 
 
+#: Written into every synthetic data root: reports made from it say their numbers test the plumbing only.
+SYNTHETIC_MARK = "SYNTHETIC.txt"
+SYNTHETIC_MARK_TEXT = ("This folder is a synthetic stand-in for NIH ChestX-ray14 (cxr-lightning data synth): real image names,\n"
+                       "patients and metadata, but generated images whose findings are drawn patterns. Results on it test the\n"
+                       "plumbing, not the method.\n")  # fmt: skip
+
+
+def is_synthetic_root(root: Path) -> bool:
+    """Whether ``root`` holds a synthetic dataset (its mark), as far as this machine can see it."""
+    return (Path(root) / SYNTHETIC_MARK).is_file()
+
+
 def generate_synthetic_dataset(
     out: str | Path,
     num_images: int,
@@ -479,6 +491,7 @@ def generate_synthetic_dataset(
             f"{image_size},{image_size},{spacing},{spacing}"
         )
     (out / METADATA_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8", newline="\n")
+    (out / SYNTHETIC_MARK).write_text(SYNTHETIC_MARK_TEXT, encoding="utf-8")
     (out / TRAIN_VAL_FILE).write_text("".join(f"{n}\n" for n in sorted(np.asarray(names)[~is_test])), encoding="utf-8")
     (out / TEST_FILE).write_text("".join(f"{n}\n" for n in sorted(np.asarray(names)[is_test])), encoding="utf-8")
 

@@ -3,7 +3,8 @@
 The paper's pipeline for every model: resize to the input size, then on the training split only
 a random rotation within +-10 degrees and brightness/contrast jitter of 0.1, then the grey
 channel replicated to 3 channels (for ImageNet backbones) and normalised with the backbone's
-mean and std. Resizing comes first so the augmentation works on the small image.
+mean and std. Resizing comes first so the augmentation works on the small image. A left-right
+flip (CheXNet's recipe, off in the paper's configs) can precede the rotation.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "beit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # microsoft/beit-base-patch16-224 image processor
     "imagenet_grey": ((0.449,), (0.226,)),  # the ImageNet mean/std averaged over channels
     "none": ((0.0,), (1.0,)),
+    # torchxrayvision's models: [0, 1] -> [-1024, 1024], i.e. (x - 0.5) * 2048 (xrv.datasets.normalize)
+    "xrv": ((0.5,), (1.0 / 2048,)),
 }
 
 
@@ -35,14 +38,18 @@ def normalization_stats(name: str, channels: int) -> tuple[list[float], list[flo
 
 @dataclass
 class Augmentation:
-    """The training-split augmentation; zero disables a part."""
+    """The training-split augmentation; zero disables a part. ``horizontal_flip`` is the
+    probability of flipping an image left-right, applied before the rotation."""
 
     rotation_degrees: float = 10.0
     brightness: float = 0.1
     contrast: float = 0.1
+    horizontal_flip: float = 0.0
 
     def apply(self, image: torch.Tensor, params: AugmentationParams) -> torch.Tensor:
         """Augment a ``(1, H, W)`` image in [0, 1] with drawn ``params``; disabled parts are skipped."""
+        if self.horizontal_flip and params.flip:
+            image = image.flip(-1)
         if self.rotation_degrees:
             image = F.rotate(image, params.angle, interpolation=InterpolationMode.BILINEAR, fill=0.0)
         steps = [(self.brightness, F.adjust_brightness, params.brightness), (self.contrast, F.adjust_contrast, params.contrast)]
@@ -58,20 +65,23 @@ class Augmentation:
 
 @dataclass(frozen=True)
 class AugmentationParams:
-    """One sample's draws: rotation ``angle`` (degrees), ``brightness`` and ``contrast`` factors and
-    whether contrast is applied before brightness. A disabled part has angle 0 / factor 1."""
+    """One sample's draws: rotation ``angle`` (degrees), ``brightness`` and ``contrast`` factors,
+    whether contrast is applied before brightness, and whether the image is flipped left-right.
+    A disabled part has angle 0 / factor 1 / no flip."""
 
     angle: float = 0.0
     brightness: float = 1.0
     contrast: float = 1.0
     contrast_first: bool = False
+    flip: bool = False
 
 
 def draw_augmentation(generator: torch.Generator | None, augmentation: Augmentation) -> AugmentationParams:
     """The one draw sequence of a sample's augmentation, shared by the per-sample path and the cached
     batch path (:mod:`cxr_lightning.data.gpu_augment`), so a sample seeded alike is augmented alike.
 
-    Changing the order or number of draws changes every seeded run's augmentation.
+    Changing the order or number of draws changes every seeded run's augmentation: a new part
+    draws only when enabled and after the others (the flip), so runs without it are unchanged.
     """
     device = generator.device if generator is not None else None
 
@@ -87,7 +97,10 @@ def draw_augmentation(generator: torch.Generator | None, augmentation: Augmentat
             brightness = 1 + uniform() * augmentation.brightness
         if op == 1 and augmentation.contrast:
             contrast = 1 + uniform() * augmentation.contrast
-    return AugmentationParams(angle, brightness, contrast, order[0] == 1)
+    flip = False
+    if augmentation.horizontal_flip:  # drawn last and only when enabled: runs without flips draw as before
+        flip = torch.rand((), generator=generator, device=device).item() < augmentation.horizontal_flip
+    return AugmentationParams(angle, brightness, contrast, order[0] == 1, flip)
 
 
 class ImageTransform:

@@ -52,7 +52,7 @@ from cxr_lightning.data.labels import NO_FINDING
 from cxr_lightning.evaluation.inputs import check_scores_and_targets, resolve_label_names
 from cxr_lightning.evaluation.metrics import MACRO_METRICS
 
-__all__ = ["bootstrap_ci", "draw_cluster_resamples", "paired_bootstrap_test"]
+__all__ = ["bootstrap_ci", "bootstrap_ci_at_thresholds", "draw_cluster_resamples", "resample_counts", "paired_bootstrap_test", "seed_averaged_paired_test"]
 
 # The macro metrics of bootstrap_ci are those of cxr_lightning.evaluation.metrics (MACRO_METRICS);
 # ``auroc_findings`` (mean AUROC over the labels other than ``No Finding``) is only reported when
@@ -103,6 +103,12 @@ def draw_cluster_resamples(n_groups: int, n_resamples: int, seed: int) -> np.nda
     return rng.integers(0, n_groups, size=(n_resamples, n_groups), dtype=np.int64)
 
 
+def resample_counts(n_groups: int, n_resamples: int, seed: int) -> np.ndarray:
+    """``(n_resamples, n_groups)`` int32: how often each group (patient) is in each resample of
+    :func:`draw_cluster_resamples` -- the weights every bootstrap here (and the subgroup gaps) applies."""
+    return _multiplicities(draw_cluster_resamples(n_groups, n_resamples, seed), n_groups)
+
+
 def _multiplicities(draws: np.ndarray, n_groups: int) -> np.ndarray:
     """``(B, P)`` int32: how often each group occurs in each row of ``draws``."""
     b = draws.shape[0]
@@ -113,20 +119,26 @@ def _multiplicities(draws: np.ndarray, n_groups: int) -> np.ndarray:
 class _WeightedMetrics:
     """Weighted whole-set metrics of one model, for many weight vectors (resamples) at once."""
 
-    def __init__(self, probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, codes: np.ndarray, n_groups: int):
+    def __init__(self, probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, codes: np.ndarray, n_groups: int,
+                 more_thresholds: Sequence[np.ndarray] = ()):  # fmt: skip
         n, num_labels = probs.shape
         self.n, self.num_labels, self.n_groups = n, num_labels, n_groups
         self.codes = codes
-        pred = probs >= thresholds[None, :]
 
         def per_group(x: np.ndarray) -> np.ndarray:  # (N, k) -> (P, k) sums over each group's images
             out = np.zeros((n_groups, x.shape[1]), dtype=np.float64)
             np.add.at(out, codes, x.astype(np.float64))
             return out
 
-        # Columns: TP (L) | predicted positive (L) | actual positive (L) | exact match | images.
-        exact = np.all(pred == targets, axis=1, keepdims=True)
-        self.group_counts = per_group(np.concatenate([pred & targets, pred, targets, exact, np.ones((n, 1), bool)], axis=1))
+        def counts_at(thr: np.ndarray) -> np.ndarray:
+            # Columns: TP (L) | predicted positive (L) | actual positive (L) | exact match | images.
+            pred = probs >= thr[None, :]
+            exact = np.all(pred == targets, axis=1, keepdims=True)
+            return per_group(np.concatenate([pred & targets, pred, targets, exact, np.ones((n, 1), bool)], axis=1))
+
+        # One set of thresholded counts per threshold vector; the AUROC (threshold-free) is shared.
+        self.counts_by_thresholds = [counts_at(thresholds), *(counts_at(t) for t in more_thresholds)]
+        self.group_counts = self.counts_by_thresholds[0]
 
         # AUROC: per label, the negatives in ascending score order (their group codes) and, per
         # positive, how many negatives score strictly below (lo) and at most equal (hi).
@@ -142,10 +154,14 @@ class _WeightedMetrics:
             self.auroc_plan.append((codes[~positive][order], codes[positive], lo, hi))
 
     def __call__(self, counts: np.ndarray) -> dict[str, np.ndarray]:
-        """Metrics for each row of ``counts (b, P)`` (group multiplicities)."""
+        """Metrics for each row of ``counts (b, P)`` (group multiplicities), at the first thresholds."""
+        return {**self.thresholded(counts, 0), "auroc": self.auroc(counts)}
+
+    def thresholded(self, counts: np.ndarray, k: int) -> dict[str, np.ndarray]:
+        """Precision, recall, F1 and exact match per resample at the ``k``-th threshold vector."""
         num_labels = self.num_labels
         w = counts.astype(np.float64)
-        agg = w @ self.group_counts  # (b, 3L + 2), exact: integer sums far below 2**53
+        agg = w @ self.counts_by_thresholds[k]  # (b, 3L + 2), exact: integer sums far below 2**53
         tp, pp, ap = agg[:, :num_labels], agg[:, num_labels : 2 * num_labels], agg[:, 2 * num_labels : 3 * num_labels]
         exact, images = agg[:, 3 * num_labels], agg[:, 3 * num_labels + 1]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -153,6 +169,11 @@ class _WeightedMetrics:
             recall = np.where(ap > 0, tp / ap, 0.0)
             f1 = np.where(pp + ap > 0, 2.0 * tp / (pp + ap), 0.0)
             exact_match = np.where(images > 0, exact / images, np.nan)
+        return {"precision": precision, "recall": recall, "f1": f1, "exact_match": exact_match}
+
+    def auroc(self, counts: np.ndarray) -> np.ndarray:
+        """Per-label AUROC ``(b, L)`` of each resample (NaN where a resample lacks a class)."""
+        num_labels = self.num_labels
 
         counts = np.ascontiguousarray(counts, dtype=np.int32)
         b = counts.shape[0]
@@ -173,7 +194,7 @@ class _WeightedMetrics:
             total_pos, total_neg = pos_w.sum(axis=1), cum[:, -1].astype(np.float64)
             with np.errstate(divide="ignore", invalid="ignore"):
                 auroc[:, label] = np.where((total_pos > 0) & (total_neg > 0), numerator / (total_pos * total_neg), np.nan)
-        return {"precision": precision, "recall": recall, "f1": f1, "exact_match": exact_match, "auroc": auroc}
+        return auroc
 
 
 def _summaries(raw: dict[str, np.ndarray], findings: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -294,20 +315,62 @@ def bootstrap_ci(
         ``resampling`` (``"cluster"`` or ``"image"``) and, if asked, ``replicates``
         (``{metric: (B,)}``, ``auroc_per_label: (B, L)``).
     """
+    (result,) = bootstrap_ci_at_thresholds(probs, targets, [thresholds], groups, n_resamples=n_resamples, seed=seed, alpha=alpha,
+                                           label_names=label_names, chunk_size=chunk_size, return_replicates=return_replicates)  # fmt: skip
+    return result
+
+
+def bootstrap_ci_at_thresholds(
+    probs: Any,
+    targets: Any,
+    thresholds: Sequence[Any],
+    groups: Any,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    label_names: Sequence[str] | None = None,
+    chunk_size: int | None = None,
+    return_replicates: bool = False,
+) -> list[dict[str, Any]]:
+    """:func:`bootstrap_ci` at several threshold vectors of one model (the report's 0.5 and tuned), in one pass.
+
+    One result per entry of ``thresholds``, each exactly what :func:`bootstrap_ci` returns for it;
+    the AUROCs do not depend on the thresholds, so they are computed once for all of them (about
+    half the work of two calls).
+    """
     p, t = check_scores_and_targets(probs, targets)
     n, num_labels = p.shape
     if n == 0:
         raise ValueError("no predictions")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1); got {alpha}")
+    if not thresholds:
+        raise ValueError("give at least one threshold vector")
     names = resolve_label_names(label_names, num_labels)
     findings = _findings_index(names)
     codes, n_groups = _encode_groups(groups, n)
-    engine = _WeightedMetrics(p, t, _thresholds(thresholds, num_labels), codes, n_groups)
-    counts = _multiplicities(draw_cluster_resamples(n_groups, n_resamples, seed), n_groups)
-    (reps,) = _replicates([engine], counts, _chunk_size(chunk_size, n), findings)
-    point = _point(engine, findings)
+    vectors = [_thresholds(thr, num_labels) for thr in thresholds]
+    engine = _WeightedMetrics(p, t, vectors[0], codes, n_groups, more_thresholds=vectors[1:])
+    counts = resample_counts(n_groups, n_resamples, seed)
+    chunk = _chunk_size(chunk_size, n)
+    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in vectors]
+    ones = np.ones((1, n_groups), dtype=np.int32)
+    points = []
+    auroc_point = engine.auroc(ones)
+    for k in range(len(vectors)):
+        points.append(_summaries({**engine.thresholded(ones, k), "auroc": auroc_point}, findings))
+    for start in range(0, counts.shape[0], chunk):
+        block = counts[start : start + chunk]
+        auroc = engine.auroc(block)
+        for k in range(len(vectors)):
+            parts[k].append(_summaries({**engine.thresholded(block, k), "auroc": auroc}, findings))
+    all_reps = [{key: np.concatenate([p[key] for p in part], axis=0) for key in part[0]} for part in parts]
+    return [_result(reps, point, names, n_resamples, seed, alpha, n, n_groups, groups is None, return_replicates)
+            for reps, point in zip(all_reps, points)]  # fmt: skip
 
+
+def _result(reps, point, names, n_resamples, seed, alpha, n, n_groups, by_image: bool, return_replicates: bool) -> dict[str, Any]:
+    """:func:`bootstrap_ci`'s result from the replicates and point values of one threshold vector."""
     metrics = [m for m in MACRO_METRICS if m in reps]
     result: dict[str, Any] = {"estimate": {}, "lower": {}, "upper": {}}
     for m in metrics:
@@ -331,7 +394,7 @@ def bootstrap_ci(
         alpha=float(alpha),
         n_images=int(n),
         n_groups=int(n_groups),
-        resampling="image" if groups is None else "cluster",
+        resampling="image" if by_image else "cluster",
     )
     if return_replicates:
         result["replicates"] = reps
@@ -384,19 +447,54 @@ def paired_bootstrap_test(
         ``seed``, ``alpha``, ``n_images``, ``n_groups``, ``resampling``, ``p_value_definition`` and,
         if asked, ``replicates`` (``{"a": {...}, "b": {...}}``).
     """
-    pa, t = check_scores_and_targets(probs_a, targets)
-    pb, _ = check_scores_and_targets(probs_b, targets)
-    n, num_labels = pa.shape
+    return seed_averaged_paired_test([probs_a], [probs_b], targets, [thresholds_a], [thresholds_b], groups, n_resamples=n_resamples,
+                                     seed=seed, alpha=alpha, label_names=label_names, chunk_size=chunk_size,
+                                     return_replicates=return_replicates)  # fmt: skip
+
+
+def seed_averaged_paired_test(
+    probs_a: Sequence[Any],
+    probs_b: Sequence[Any],
+    targets: Any,
+    thresholds_a: Sequence[Any],
+    thresholds_b: Sequence[Any],
+    groups: Any,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    label_names: Sequence[str] | None = None,
+    chunk_size: int | None = None,
+    return_replicates: bool = False,
+) -> dict[str, Any]:
+    """:func:`paired_bootstrap_test` of two models each trained with several seeds, on the same images.
+
+    ``probs_a`` holds one ``(N, L)`` matrix per training seed of model A (``thresholds_a`` one
+    threshold vector per seed), likewise B. Every seed of both models is scored on the SAME patient
+    resamples; a replicate's value of a model is the mean over its seeds, so the difference is that
+    of the seed-averaged metrics and its interval holds the patients' sampling variation with every
+    seed used (the spread between seeds is reported beside it, as mean +- sd). With one seed each it
+    is exactly :func:`paired_bootstrap_test`.
+    """
+    if not probs_a or not probs_b or len(probs_a) != len(thresholds_a) or len(probs_b) != len(thresholds_b):
+        raise ValueError("give one probability matrix and one threshold vector per seed of each model")
+    checked_a = [check_scores_and_targets(p, targets) for p in probs_a]
+    checked_b = [check_scores_and_targets(p, targets) for p in probs_b]
+    t = checked_a[0][1]
+    n, num_labels = t.shape
     if n == 0:
         raise ValueError("no predictions")
+    if any(p.shape != t.shape for p, _ in checked_a + checked_b):
+        raise ValueError("every seed's predictions must cover the same images and labels")
     names = resolve_label_names(label_names, num_labels)
     findings = _findings_index(names)
     codes, n_groups = _encode_groups(groups, n)
-    engine_a = _WeightedMetrics(pa, t, _thresholds(thresholds_a, num_labels), codes, n_groups)
-    engine_b = _WeightedMetrics(pb, t, _thresholds(thresholds_b, num_labels), codes, n_groups)
-    counts = _multiplicities(draw_cluster_resamples(n_groups, n_resamples, seed), n_groups)
-    reps_a, reps_b = _replicates([engine_a, engine_b], counts, _chunk_size(chunk_size, n), findings)
-    point_a, point_b = _point(engine_a, findings), _point(engine_b, findings)
+    engines_a = [_WeightedMetrics(p, t, _thresholds(thr, num_labels), codes, n_groups) for (p, _), thr in zip(checked_a, thresholds_a)]
+    engines_b = [_WeightedMetrics(p, t, _thresholds(thr, num_labels), codes, n_groups) for (p, _), thr in zip(checked_b, thresholds_b)]
+    counts = resample_counts(n_groups, n_resamples, seed)
+    replicates = _replicates([*engines_a, *engines_b], counts, _chunk_size(chunk_size, n), findings)
+    reps_a, reps_b = _seed_mean(replicates[: len(engines_a)]), _seed_mean(replicates[len(engines_a) :])
+    point_a = _seed_mean([_point(e, findings) for e in engines_a])
+    point_b = _seed_mean([_point(e, findings) for e in engines_b])
 
     rows = {}
     for m in [m for m in MACRO_METRICS if m in reps_a]:
@@ -427,7 +525,15 @@ def paired_bootstrap_test(
         "n_groups": int(n_groups),
         "resampling": "image" if groups is None else "cluster",
         "p_value_definition": "2*min((1+#{d*<=0})/(B+1), (1+#{d*>=0})/(B+1)), capped at 1 (percentile-interval inversion)",
+        "seeds": (len(engines_a), len(engines_b)),
     }
     if return_replicates:
         result["replicates"] = {"a": reps_a, "b": reps_b}
     return result
+
+
+def _seed_mean(per_seed: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The mean over seeds of each metric's replicates (one seed: the values themselves, unchanged)."""
+    if len(per_seed) == 1:
+        return per_seed[0]
+    return {key: np.mean([values[key] for values in per_seed], axis=0) for key in per_seed[0]}

@@ -165,12 +165,16 @@ def reliability_diagram(
     ncols: int = 5,
     title: str | None = None,
     dpi: int = 120,
+    scaled_probs: Any = None,
+    temperature: float | None = None,
 ) -> Path:
     """Save a grid of reliability diagrams (one panel per label) as a PNG; returns the path.
 
     Each panel: observed fraction of positives against mean predicted probability per non-empty
     equal-width bin (points joined by a line, marker area ~ bin count), the diagonal of perfect
     calibration, a histogram of the predictions (log scale, lower third of the panel) and the label's ECE.
+    With ``scaled_probs`` (the same predictions after temperature scaling) each panel also shows
+    the curve after scaling and both ECEs; the legend says which is which.
     Renders with matplotlib's Agg canvas (no display needed; pyplot's state is not touched).
     """
     # The object-oriented API with an Agg canvas: no display, and pyplot's global backend and
@@ -185,6 +189,12 @@ def reliability_diagram(
         raise ValueError(f"{len(names)} label names for {num_labels} labels")
     curve = reliability_curve(p, t, n_bins)
     ece = expected_calibration_error(p, t, n_bins)
+    scaled = None
+    if scaled_probs is not None:
+        scaled_p, _ = _check(scaled_probs, t)
+        scaled = (reliability_curve(scaled_p, t, n_bins), expected_calibration_error(scaled_p, t, n_bins))
+    before_label = "before temperature scaling" if scaled is not None else "model"
+    after_label = f"after temperature scaling (T = {temperature:.3f})" if temperature is not None else "after temperature scaling"
     ncols = max(1, min(ncols, num_labels))
     nrows = math.ceil(num_labels / ncols)
     fig = Figure(figsize=(3.2 * ncols, 3.0 * nrows), layout="constrained")
@@ -206,12 +216,22 @@ def reliability_diagram(
         hist.minorticks_off()
         ax.set_zorder(hist.get_zorder() + 1)
         ax.patch.set_visible(False)
-        ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1)
-        ax.plot(curve["mean_prob"][j][ok], curve["frac_pos"][j][ok], color="C0", lw=1.2)
+        ax.plot([0, 1], [0, 1], ls="--", color="0.5", lw=1, label="perfect calibration")
+        ax.plot(curve["mean_prob"][j][ok], curve["frac_pos"][j][ok], color="C0", lw=1.2, marker="o", ms=3, label=before_label)
         ax.scatter(curve["mean_prob"][j][ok], curve["frac_pos"][j][ok], s=8 + 40 * count[ok] / count.max(), color="C0")
+        panel_title = f"{names[j]}  ECE {ece[j]:.3f}"
+        if scaled is not None:
+            after, after_ece = scaled
+            shown = after["count"][j] > 0
+            ax.plot(after["mean_prob"][j][shown], after["frac_pos"][j][shown], color="C1", lw=1.2, marker="s", ms=3, label=after_label)
+            panel_title += f" -> {after_ece[j]:.3f}"
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_title(f"{names[j]}  ECE {ece[j]:.3f}", fontsize=9)
+        ax.set_title(panel_title, fontsize=9)
+        if j == 0:
+            hist.bar([], [], color="0.88", label="predictions per bin (log)")
+            handles = ax.get_legend_handles_labels()[0] + hist.get_legend_handles_labels()[0]
+            ax.legend(handles=handles, fontsize=6, loc="upper left")
         ax.tick_params(labelsize=7)
         if j % ncols == 0:
             ax.set_ylabel("fraction positive", fontsize=8)

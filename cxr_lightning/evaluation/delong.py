@@ -95,7 +95,8 @@ def delong_test(probs_a: Any, probs_b: Any, targets: Any, alpha: float = 0.05) -
     ``probs_a``, ``probs_b``: ``(N,)`` scores, higher meaning "positive" (no automatic direction
     flip, unlike pROC's ``direction="auto"``); ``targets``: ``(N,)`` 0/1 with both classes.
     ``z = diff / se``, ``p = 2 * (1 - Phi(|z|))``, ``ci = diff -/+ z_{1-alpha/2} * se`` (the
-    interval pROC's ``roc.test`` reports). When ``se == 0`` (e.g. identical predictions) and
+    interval pROC's ``roc.test`` reports), cut to ``[-1, 1]``: a difference of two AUROCs cannot
+    lie outside it, though the normal approximation's interval can on small sets. When ``se == 0`` (e.g. identical predictions) and
     ``diff == 0``, ``z = 0`` and ``p = 1``, as in pROC.
 
     Assumes independent images: on the NIH test set (~9 images a patient) the standard error is
@@ -113,7 +114,8 @@ def delong_test(probs_a: Any, probs_b: Any, targets: Any, alpha: float = 0.05) -
         z = 0.0 if diff == 0 else math.copysign(math.inf, diff)
     p = float(2.0 * _stats.norm.sf(abs(z)))
     q = float(_stats.norm.ppf(1.0 - alpha / 2.0))
-    return DeLongResult(float(aucs[0]), float(aucs[1]), diff, se, float(z), p, diff - q * se, diff + q * se)
+    low, high = max(-1.0, diff - q * se), min(1.0, diff + q * se)
+    return DeLongResult(float(aucs[0]), float(aucs[1]), diff, se, float(z), p, low, high)
 
 
 def _as_positive(y: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import pandas as pd
 import torch
@@ -50,6 +50,8 @@ __all__ = [
     "MACRO_METRICS",
     "NO_SAMPLES_WARNING",
     "PER_LABEL_COLUMNS",
+    "THRESHOLD_RULES",
+    "ThresholdRule",
 ]
 
 #: The whole-set scalar metrics of :func:`classification_metrics`, in table order.
@@ -161,18 +163,28 @@ class PredictionCollector(Metric):
         )
 
 
-def best_f1_thresholds(probs: Tensor, targets: Tensor) -> Tensor:
+#: How a threshold is placed in the F1-maximising gap between two validation scores.
+ThresholdRule = Literal["score", "midpoint"]
+THRESHOLD_RULES: tuple[str, ...] = get_args(ThresholdRule)
+
+
+def best_f1_thresholds(probs: Tensor, targets: Tensor, rule: ThresholdRule = "score") -> Tensor:
     """Per-label F1-maximising threshold, for predictions ``probs >= threshold``.
 
     Args:
         probs: ``(N, L)`` scores.
         targets: ``(N, L)`` 0/1.
+        rule: ``score`` (the paper's code): the lowest validation score predicted positive at the
+            best cut. ``midpoint``: halfway between that score and the next lower validation score,
+            the same cut on validation but not sitting on a validation image's score, so a test
+            image scored a little below it is not lost (on a small validation set the ``score``
+            threshold is as high as the cut allows). A best cut at the lowest score keeps that score.
 
     Returns:
-        ``(L,)`` thresholds, dtype of ``probs``; each is one of that label's predicted scores (the
-        candidates of sklearn ``precision_recall_curve``). Among thresholds with equal maximal F1 the
-        LARGEST is returned (fewest positive predictions). A label without positives gets
-        ``0.5`` (F1 is 0 for every threshold there).
+        ``(L,)`` thresholds, dtype of ``probs``; with ``score``, each is one of that label's predicted
+        scores (the candidates of sklearn ``precision_recall_curve``). Among thresholds with equal
+        maximal F1 the LARGEST cut is taken (fewest positive predictions). A label without positives
+        gets ``0.5`` (F1 is 0 for every threshold there).
 
     One sort per label, O(N log N); ties in scores are handled by scoring only the last position of
     each run of equal scores, i.e. the cut that includes every sample with that score.
@@ -201,6 +213,12 @@ def best_f1_thresholds(probs: Tensor, targets: Tensor) -> Tensor:
     # argmax returns the first maximum; scores are descending, so that is the largest threshold.
     best = torch.argmax(f1, dim=0)  # (L,)
     thresholds = sorted_probs.gather(0, best.unsqueeze(0)).squeeze(0)
+    if rule == "midpoint":
+        # best is the last of its run of equal scores, so best + 1 holds the next lower score.
+        below = sorted_probs.gather(0, torch.clamp(best + 1, max=n - 1).unsqueeze(0)).squeeze(0)
+        thresholds = torch.where(best + 1 < n, (thresholds + below) / 2, thresholds)
+    elif rule != "score":
+        raise ValueError(f"threshold rule {rule!r}: use one of {', '.join(THRESHOLD_RULES)}")
     return torch.where(positives > 0, thresholds, torch.full_like(thresholds, NO_POSITIVES_THRESHOLD))
 
 

@@ -112,6 +112,14 @@ IMBALANCE_RUNS = (
     ("resnet_log_oversample", "log weights + rare-finding oversampling"),
 )
 
-#: Every run the report reads, in the Makefile's order.
+#: Beyond the paper: other backbones beside its best models (``make backbones``), with the literature's
+#: mean AUROC over the 14 findings where there is one: CheXNet 0.841 (Rajpurkar et al. 2017, its own
+#: split) and its public reproduction 0.838 (jrzech/reproduce-chexnet, its own patient split).
+BACKBONE_RUNS = (
+    ("chexnet", "CheXNet DenseNet-121 (the reproduction's recipe)", 0.838),
+    ("xrv_densenet121_chex", "torchxrayvision DenseNet-121, CheXpert weights", None),
+)
+
+#: Every run of the paper's rows and the imbalance methods, in the Makefile's order.
 PAPER_RUNS = ("cnn", "resnet_linear", "resnet_log", "resnet_log_conv", "beit_model1", "beit_model2", "beit_model3", "beit_model4", "beit_model5")
 ALL_RUNS = PAPER_RUNS + tuple(name for name, _ in IMBALANCE_RUNS if name not in PAPER_RUNS)

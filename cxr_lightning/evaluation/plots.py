@@ -9,32 +9,41 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
+#: Ten clearly different colours, then the same ten dashed and dotted: 15 labels never share a look
+#: (a continuous colour map gives neighbouring labels near-identical hues).
+LINE_STYLES = ("-", "--", ":")
+
+
+def line_style(i: int) -> dict:
+    """Colour and dash of the ``i``-th curve of a figure."""
+    return {"color": f"C{i % 10}", "linestyle": LINE_STYLES[(i // 10) % len(LINE_STYLES)]}
+
 
 def plot_roc_curves(probs: np.ndarray, targets: np.ndarray, label_names: list[str], path: str | Path, title: str = "") -> Path:
-    """One ROC curve per label with its AUROC in the legend; saved as PNG at ``path``."""
-    fig = Figure(figsize=(7, 6), dpi=120)
+    """One ROC curve per label, its AUROC and its number of positives in the legend; saved as PNG at ``path``."""
+    fig = Figure(figsize=(10.5, 6.5), dpi=120)
     FigureCanvasAgg(fig)  # attaches itself to fig: savefig renders PNG without any backend switch
     ax = fig.add_subplot()
-    colors = matplotlib.colormaps["tab20"](np.linspace(0, 1, len(label_names)))
     for i, name in enumerate(label_names):
-        y = torch.as_tensor(targets[:, i]).long()
+        y = torch.tensor(np.asarray(targets[:, i])).long()
         if y.numel() == 0 or y.min() == y.max():
             continue  # ROC undefined with one class (or none: every image skipped)
-        p = torch.as_tensor(probs[:, i]).float()
+        p = torch.tensor(np.asarray(probs[:, i])).float()
         fpr, tpr, _ = binary_roc(p, y)
         auc = binary_auroc(p, y).item()
-        ax.plot(fpr.numpy(), tpr.numpy(), color=colors[i], lw=1.3, label=f"{name} ({auc:.3f})")
+        ax.plot(fpr.numpy(), tpr.numpy(), lw=1.4, label=f"{name}: AUC {auc:.3f}, {int(y.sum()):,} positives", **line_style(i))
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set(xlabel="False positive rate", ylabel="True positive rate", xlim=(0, 1), ylim=(0, 1.01), title=title or "Per-label ROC curves (test)")
     if ax.get_legend_handles_labels()[0]:  # no curve at all when every label is single-class
-        ax.legend(fontsize=7, loc="lower right")
+        # Beside the axes, not over the curves.
+        ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(1.02, 0.0), title=f"{len(targets):,} images", title_fontsize=7)
+    ax.set_aspect("equal")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path)

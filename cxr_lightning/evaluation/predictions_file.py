@@ -19,17 +19,22 @@ import pandas as pd
 from cxr_lightning.output_files import atomic_outputs
 
 __all__ = [
+    "DEMOGRAPHIC_COLUMNS",
     "IMAGE_COLUMN",
     "PredictionsFile",
     "PredictionsFileError",
+    "checked_predictions",
     "label_column",
     "patient_ids_from_images",
     "probability_column",
     "read_predictions",
+    "read_predictions_table",
     "write_predictions",
 ]
 
 IMAGE_COLUMN = "image"
+#: Optional columns after the image: what subgroup tables group by.
+DEMOGRAPHIC_COLUMNS = ("age", "sex", "view")
 _PROBABILITY_PREFIX = "prob_"
 _LABEL_PREFIX = "label_"
 #: 9 significant digits round-trip float32 exactly: a rounded value could cross a tuned threshold,
@@ -53,11 +58,23 @@ def _numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
-def write_predictions(path: str | os.PathLike, image_names: Sequence[str], probs: Any, targets: Any, label_names: Sequence[str]) -> None:
-    """Write the predictions file: ``image_names`` (N,), ``probs`` and 0/1 ``targets`` (N, L), numpy or torch."""
+def write_predictions(
+    path: str | os.PathLike, image_names: Sequence[str], probs: Any, targets: Any, label_names: Sequence[str],
+    demographics: pd.DataFrame | None = None,
+) -> None:  # fmt: skip
+    """Write the predictions file: ``image_names`` (N,), ``probs`` and 0/1 ``targets`` (N, L), numpy or torch.
+
+    ``demographics``: ``age``, ``sex``, ``view`` of each image (N rows, in order), written after the
+    image column, so subgroup tables use the data the run tested (its own metadata, synthetic too).
+    """
     probabilities = pd.DataFrame(_numpy(probs), columns=[probability_column(n) for n in label_names])
     labels = pd.DataFrame(_numpy(targets).astype(np.int8), columns=[label_column(n) for n in label_names])
-    frame = pd.concat([pd.DataFrame({IMAGE_COLUMN: image_names}), probabilities, labels], axis=1)
+    parts = [pd.DataFrame({IMAGE_COLUMN: image_names})]
+    if demographics is not None:
+        if len(demographics) != len(image_names):
+            raise ValueError(f"demographics has {len(demographics)} rows for {len(image_names)} images")
+        parts.append(demographics[[c for c in DEMOGRAPHIC_COLUMNS if c in demographics.columns]].reset_index(drop=True))
+    frame = pd.concat([*parts, probabilities, labels], axis=1)
     with atomic_outputs(path) as (staged,):  # a crash or a full disk never leaves half a file
         frame.to_csv(staged, index=False, float_format=_FLOAT_FORMAT)
 
@@ -116,12 +133,22 @@ def read_predictions(path: str | os.PathLike, label_names: Sequence[str] | None 
     empty, truncated or holds a missing, non-numeric or out-of-range value raises
     :class:`PredictionsFileError` naming the line (line 1 is the header).
     """
+    return checked_predictions(read_predictions_table(path), path, label_names)
+
+
+def read_predictions_table(path: str | os.PathLike) -> pd.DataFrame:
+    """The predictions CSV as read, before its checks (one-line errors for an empty or unreadable file)."""
     try:
-        frame = pd.read_csv(path)
+        return pd.read_csv(path)
     except pd.errors.EmptyDataError as err:
         raise PredictionsFileError(f"{path} is empty (no header)") from err
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as err:
         raise PredictionsFileError(f"cannot read {path}: {err}") from err
+
+
+def checked_predictions(frame: pd.DataFrame, source: Any, label_names: Sequence[str] | None = None) -> PredictionsFile:
+    """The checks of :func:`read_predictions` on a table already read; errors name ``source`` and its CSV line."""
+    path = source
     if label_names is None:
         label_names = [c[len(_PROBABILITY_PREFIX) :] for c in frame.columns if c.startswith(_PROBABILITY_PREFIX)]
     label_names = tuple(label_names)

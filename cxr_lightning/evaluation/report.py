@@ -1,45 +1,53 @@
-"""``cxr-lightning report``: the paper's tables filled with this project's runs, beside the paper's.
+"""``cxr-lightning report``: every run under RUNS, and the paper's tables filled from the runs that reproduce its rows.
 
-Reads ``RUNS/<run>/metrics.json`` and ``test_predictions.csv`` (``val_predictions.csv`` for
-temperature scaling) of every run the tables need, and writes ``report.md``:
+Reads every run folder under ``RUNS`` (:mod:`cxr_lightning.evaluation.runs`: ``RUNS/<run>/`` and
+``RUNS/<row>/seed<k>/``) and any predictions CSV given with ``--external NAME=CSV``, and writes
+``report.md``:
 
-* each cell as ``ours [95% interval] (paper)``; the intervals come from a bootstrap that
-  resamples patients, not images (the NIH test set has about 9 images per patient);
+* the runs: each by its folder name, model and settings, which images it tested, and what a
+  reader must know (a ``metrics.json`` that disagrees with its predictions, undefined AUROCs);
+* the paper's tables, each cell ``ours [95% interval] (paper)``, from the run named like the row
+  (or ``mean +- sd`` over its seeds); every value is recomputed from the predictions file, and the
+  intervals come from a bootstrap that resamples patients, not images (about 9 images a patient);
 * pairwise tests between the three best models (paired patient bootstrap of the macro metrics,
-  DeLong per label with Holm's correction), calibration (ECE, Brier, temperature scaling fitted
-  on validation only, reliability diagrams), and the imbalance methods beyond the paper;
-* Table 4 computed from the metadata, and the per-label ROC figures (the paper's Figure 1).
+  over every seed when there are several; DeLong per label with Holm's correction), external
+  predictions against them on the images they share, calibration, localisation, the imbalance
+  methods beyond the paper;
+* Table 4 from the data the runs used, the per-label ROC figures (the paper's Figure 1), and for
+  every run a per-finding table (AUROC with its interval, F1, precision and recall at its thresholds).
 
-A run that has not been made shows as ``missing``; nothing is filled in from elsewhere. A run
-whose files are unusable (``metrics.json`` that is not valid JSON or not the object ``test``
-writes; a predictions CSV with a missing, non-numeric or out-of-range value) is left out of every
-table, shown as ``broken`` in the runs table with the reason, and named on stderr with the file,
-the line and the command that writes the files again; the other runs are reported as usual. The
-command exits with status 1 only when runs are broken and none is usable.
+A row without a run shows ``missing``; nothing is filled in from elsewhere. A run whose files are
+unusable is left out of every table, shown as ``broken`` with the reason, and named on stderr with
+the file, the line and the command that writes the files again. The command exits with status 1
+only when runs are broken and none is usable.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
+import os
+import statistics
 import sys
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from cxr_lightning.evaluation.bootstrap import bootstrap_ci, paired_bootstrap_test
+from cxr_lightning.cli.parser import CommandParser
+from cxr_lightning.data.labels import NO_FINDING
+from cxr_lightning.evaluation.beyond_nih_labels import expert_label_section, subgroup_section
+from cxr_lightning.evaluation.bootstrap import seed_averaged_paired_test
 from cxr_lightning.evaluation.calibration import apply_temperature, calibration_table, fit_temperature, reliability_diagram
 from cxr_lightning.evaluation.delong import delong_multilabel
+from cxr_lightning.evaluation.markdown import interval, number, table
 from cxr_lightning.evaluation.paper_results import (
-    ALL_RUNS,
+    BACKBONE_RUNS,
     FIGURE_1_RUNS,
     IMBALANCE_RUNS,
     METRIC_ROWS,
+    PAPER_RUNS,
     TABLE_1,
     TABLE_2,
     TABLE_2_SETTINGS,
@@ -47,324 +55,351 @@ from cxr_lightning.evaluation.paper_results import (
     TABLE_4,
     THRESHOLD_TABLES,
 )
-from cxr_lightning.evaluation.predictions_file import PredictionsFileError, read_predictions
+from cxr_lightning.evaluation.predictions_file import PredictionsFile, PredictionsFileError
+from cxr_lightning.evaluation.runs import Run, find_run_folders, load_external, load_run, parse_external
 from cxr_lightning.output_files import atomic_write_text, check_writable_folder
 
 MISSING = "missing"
 BROKEN = "broken"
-
-#: The metrics.json keys a table cell reads: each a number, or null when undefined.
-_METRIC_KEYS = tuple(key for key, _ in METRIC_ROWS) + ("auroc_findings",)
-
-
-class RunFileError(ValueError):
-    """A run's file that the report cannot use; the message names the file and what is wrong."""
+SYNTHETIC_BANNER = ("> **Synthetic data.** Runs in this report were trained and tested on synthetic images "
+                    "(`cxr-lightning data synth`, the demo and the smoke runs): these numbers test the plumbing, not the method.")  # fmt: skip
 
 
-@dataclass
-class Run:
-    """One run directory; ``metrics`` is None when the run has not been tested."""
+class Runs:
+    """The report's runs by name, and by the table row each belongs to (a row's seeds together)."""
 
-    name: str
-    folder: Path
-    metrics: dict | None
-    config: dict | None
-    n_resamples: int = 2000
-    seed: int = 0
-    problem: str | None = None  #: why the run is left out (broken files), None when usable or missing
-    _intervals: dict = field(default_factory=dict)
-    _predictions: dict = field(default_factory=dict)
+    def __init__(self, runs: dict[str, Run]):
+        self.by_name = runs
+        self.by_row: dict[str, list[Run]] = {}
+        for run in runs.values():
+            self.by_row.setdefault(run.row, []).append(run)
 
-    @property
-    def data_root(self) -> str:
-        return str(((self.config or {}).get("data") or {}).get("data_root", "?"))
+    def row(self, name: str) -> list[Run]:
+        """The usable runs of a row: the run of that name, or its seeds."""
+        return [run for run in self.by_row.get(name, []) if run.usable]
 
-    def predictions(self, part: str = "test"):
-        """The run's ``<part>_predictions.csv`` (read once), or None (absent, or the run left out as broken)."""
-        if self.problem is not None:
-            return None
-        if part not in self._predictions:
-            path = self.folder / f"{part}_predictions.csv"
-            self._predictions[part] = read_predictions(path) if path.is_file() else None
-        return self._predictions[part]
+    def absent(self, name: str) -> str:
+        """What a table shows for a row without usable results."""
+        return BROKEN if any(run.problem for run in self.by_row.get(name, [])) else MISSING
 
-    def thresholds(self, group: str, label_names) -> np.ndarray:
-        if group == "default":
-            return np.full(len(label_names), 0.5)
-        tuned = self.metrics["thresholds"]
-        return np.array([tuned[name] for name in label_names])
-
-    def interval(self, group: str) -> dict | None:
-        """Patient-bootstrap intervals of this run's test metrics at ``group``'s thresholds (cached)."""
-        if group not in self._intervals:
-            predictions = self.predictions() if self.metrics is not None else None
-            self._intervals[group] = None if predictions is None else bootstrap_ci(
-                predictions.probs, predictions.targets, self.thresholds(group, predictions.label_names), predictions.patients,
-                n_resamples=self.n_resamples, seed=self.seed, label_names=predictions.label_names,
-            )  # fmt: skip
-        return self._intervals[group]
+    def values(self):
+        return self.by_name.values()
 
 
-def _read_metrics(path: Path) -> dict:
-    """``metrics.json`` as ``test`` writes it, checked where the report reads it; else :class:`RunFileError`."""
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise RunFileError(f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); it may be truncated") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise RunFileError(f"cannot read {path}: {err}") from err
-    if not isinstance(metrics, dict):
-        raise RunFileError(f"{path} holds a JSON {type(metrics).__name__}, not the object of metrics that `cxr-lightning test` writes")
-    num_images = metrics.get("num_images")
-    if isinstance(num_images, bool) or not isinstance(num_images, int) or num_images < 0:
-        raise RunFileError(f"{path}: 'num_images' is {num_images!r}, not a count of images")
-    for group in ("default", "tuned"):
-        values = metrics.get(group)
-        if not isinstance(values, dict):
-            raise RunFileError(f"{path}: {group!r} is {type(values).__name__ if values is not None else 'absent'}, not an object of metrics")
-        for key in _METRIC_KEYS:
-            value = values.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise RunFileError(f"{path}: {group}.{key} is {value!r}, not a number")
-    thresholds = metrics.get("thresholds")
-    if not isinstance(thresholds, dict) or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in thresholds.values()):
-        raise RunFileError(f"{path}: 'thresholds' is not an object of label -> number")
-    return metrics
-
-
-def _rerun_hint(folder: Path) -> str:
-    """The command that writes a run's metrics.json and test_predictions.csv again."""
-    checkpoints = sorted((folder / "checkpoints").glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
-    ckpt = checkpoints[-1] if checkpoints else folder / "checkpoints" / "best-EPOCH.ckpt"
-    return f"rerun the test of that run: cxr-lightning test --config {folder / 'config.yaml'} --ckpt_path {ckpt}"
-
-
-def _read_config(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
-        raise RunFileError(f"cannot read {path}: {' '.join(str(err).split())}") from err
-    if config is not None and not isinstance(config, dict):
-        raise RunFileError(f"{path} is not a YAML mapping")
-    return config
-
-
-def load_run(runs_dir: Path, name: str, n_resamples: int = 2000, seed: int = 0) -> Run:
-    """The run in ``runs_dir/name``; its files are read and checked now, so a broken one is known before any table."""
-    folder = runs_dir / name
-    run = Run(name, folder, None, None, n_resamples, seed)
-    try:
-        run.config = _read_config(folder / "config.yaml")
-        if (folder / "metrics.json").is_file():
-            run.metrics = _read_metrics(folder / "metrics.json")
-            run.predictions("test")
-            run.predictions("val")
-    except (RunFileError, PredictionsFileError) as err:
-        run.metrics, run.problem = None, f"{err}; {_rerun_hint(folder)}"
-        run._predictions.clear()
-    return run
-
-
-def _absent(run: Run) -> str:
-    """What a table shows for a run without usable results."""
-    return BROKEN if run.problem else MISSING
-
-
-def _number(value, digits: int = 4) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
-
-
-def cell(run: Run, group: str, key: str, paper: float | None, digits: int = 4) -> str:
-    """``ours [lower, upper] (paper)``; ``missing (paper)`` without the run."""
+def cell(runs: Runs, row: str, group: str, key: str, paper: float | None, digits: int = 4) -> str:
+    """``ours [lower, upper] (paper)``; ``mean +- sd (k seeds) (paper)`` for seeds; ``missing (paper)`` without a run."""
     paper_text = f"{paper:.{digits}f}" if paper is not None else "-"
-    if run.metrics is None:
-        return f"{_absent(run)} ({paper_text})"
-    ours = _number(run.metrics.get(group, {}).get(key), digits)
-    interval = run.interval(group)
-    if interval is not None and key in interval["lower"]:
-        ours += f" [{_number(interval['lower'][key], 3)}, {_number(interval['upper'][key], 3)}]"
+    found = runs.row(row)
+    if not found:
+        return f"{runs.absent(row)} ({paper_text})"
+    if len(found) > 1:
+        values = [run.recomputed(group)[key] for run in found]
+        values = [v for v in values if not math.isnan(v)]
+        if not values:
+            return f"n/a ({paper_text})"
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.fmean(values):.{digits}f} ± {spread:.{digits}f} ({len(found)} seeds) ({paper_text})"
+    run = found[0]
+    ours = number(run.recomputed(group)[key], digits)
+    bounds = run.interval(group)
+    # A run of the 14 findings alone: their mean AUROC is its macro AUROC, interval included.
+    bounded = "auroc_macro" if key == "auroc_findings" and NO_FINDING not in run.label_names else key
+    if bounds is not None and bounded in bounds["lower"]:
+        ours += interval(bounds["lower"][bounded], bounds["upper"][bounded])
     return f"{ours} ({paper_text})"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def metric_table(spec, runs: dict[str, Run], settings=()) -> str:
+def metric_table(spec, runs: Runs, settings=()) -> str:
     title, columns = spec
     rows = [[name, *values] for name, values in settings]
     for key, label in METRIC_ROWS:
-        rows.append([label] + [cell(runs[c.run], c.group, key, c.paper.get(key)) for c in columns])
+        rows.append([label] + [cell(runs, c.run, c.group, key, c.paper.get(key)) for c in columns])
     # The literature's number, which the paper did not report.
-    rows.append(["AUC (mean of 14 findings)"] + [cell(runs[c.run], c.group, "auroc_findings", None) for c in columns])
-    return f"### {title}\n\n" + _table(["Metric"] + [f"{c.title} (`{c.run}`)" for c in columns], rows)
+    rows.append(["AUC (mean of 14 findings)"] + [cell(runs, c.run, c.group, "auroc_findings", None) for c in columns])
+    return f"### {title}\n\n" + table(["Metric"] + [f"{c.title} (`{c.run}`)" for c in columns], rows)
 
 
-def threshold_table(title: str, run: Run, paper: dict) -> str:
-    rows = [[label] + [cell(run, group, key, paper[group][key]) for group in ("default", "tuned")]
+def threshold_table(title: str, runs: Runs, row: str, paper: dict) -> str:
+    rows = [[label] + [cell(runs, row, group, key, paper[group][key]) for group in ("default", "tuned")]
             for key, label in METRIC_ROWS if key in paper["default"]]  # fmt: skip
-    return f"### {title} (`{run.name}`)\n\n" + _table(["Metric", "Default >0.5 probability threshold", "Tuned thresholds"], rows)
+    return f"### {title} (`{row}`)\n\n" + table(["Metric", "Default >0.5 probability threshold", "Tuned thresholds"], rows)
 
 
-def imbalance_table(runs: dict[str, Run]) -> str:
-    columns = [(runs[name], title) for name, title in IMBALANCE_RUNS]
-    rows = [[label] + [cell(run, "tuned", key, None) for run, _ in columns] for key, label in METRIC_ROWS]
-    rows.append(["AUC (mean of 14 findings)"] + [cell(run, "tuned", "auroc_findings", None) for run, _ in columns])
-    header = ["Metric (tuned thresholds)"] + [f"{title} (`{run.name}`)" for run, title in columns]
-    return ("### Imbalance methods beyond the paper (ResNet-50, tuned thresholds; the paper has no values: `-`)\n\n"
-            + _table(header, rows))  # fmt: skip
+def imbalance_table(runs: Runs) -> str:
+    rows = [[label] + [cell(runs, name, "tuned", key, None) for name, _ in IMBALANCE_RUNS] for key, label in METRIC_ROWS]
+    rows.append(["AUC (mean of 14 findings)"] + [cell(runs, name, "tuned", "auroc_findings", None) for name, _ in IMBALANCE_RUNS])
+    header = ["Metric (tuned thresholds)"] + [f"{title} (`{name}`)" for name, title in IMBALANCE_RUNS]
+    return "### Imbalance methods beyond the paper (ResNet-50, tuned thresholds; the paper has no values: `-`)\n\n" + table(header, rows)
 
 
-def _aligned(a: Run, b: Run):
-    """The two runs' test predictions on the images both predicted, in the same order; a note when fewer than all.
+def backbone_table(runs: Runs) -> str:
+    """Other backbones beside the paper's three best models, at each one's Table 3 thresholds (tuned for the new ones)."""
+    _, best = TABLE_3
+    columns = [(c.run, c.title, c.group, c.paper) for c in best] + [(name, title, "tuned", {}) for name, title, _ in BACKBONE_RUNS]
+    literature = {name: value for name, _, value in BACKBONE_RUNS}
+    rows = [[label] + [cell(runs, name, group, key, paper.get(key)) for name, _, group, paper in columns] for key, label in METRIC_ROWS]
+    rows.append(["AUC (mean of 14 findings)"] + [cell(runs, name, group, "auroc_findings", literature.get(name)) for name, _, group, _ in columns])
+    warned = [f"`{r.name}`" for name, _, _ in BACKBONE_RUNS for r in runs.by_row.get(name, []) if r.trained_on_nih]
+    warning = (f"\n\n**Warning:** the pretrained weights of {', '.join(warned)} were trained on NIH ChestX-ray14 images; their "
+               "training may have seen the official test images, so their test numbers may be optimistic.") if warned else ""  # fmt: skip
+    return ("### Other backbones beside the paper's best models\n\n"
+            "The paper's three best models (Table 3, the paper's value in brackets) beside CheXNet's DenseNet-121 by its public "
+            "reproduction's recipe (in brackets: the reproduction's 0.838 over the 14 findings, on its own split; CheXNet reported "
+            "0.841) and a chest-X-ray-pretrained DenseNet-121. The new rows tune their thresholds by the midpoint rule.\n\n"
+            + table(["Metric"] + [f"{title} (`{name}`)" for name, title, _, _ in columns], rows) + warning)  # fmt: skip
 
-    Runs that skipped different unreadable images (``on_bad_image: skip``) are compared on the
-    images they share (a paired comparison needs the same images), and the pair says so. Runs with
-    different labels cannot be compared: ``(None, reason)``.
-    """
-    pa, pb = a.predictions(), b.predictions()
-    if pa is None or pb is None:
-        return None, None
-    if pa.label_names != pb.label_names:
-        return None, f"not comparable: {a.name} and {b.name} predict different labels"
-    common = np.isin(pa.images, pb.images)
-    if not common.any():
-        return None, f"not comparable: {a.name} and {b.name} share no test image"
+
+def shared_images(predictions: list[PredictionsFile], labels: tuple[str, ...] | None = None) -> list[PredictionsFile]:
+    """Each predictions file restricted to the images all of them hold (and to ``labels``), in one order."""
+    common = set(predictions[0].images)
+    for p in predictions[1:]:
+        common &= set(p.images)
+    order = np.array(sorted(common), dtype=object)
+    out = []
+    for p in predictions:
+        rows = pd.Index(p.images).get_indexer(order)
+        cols = [p.label_names.index(name) for name in (labels or p.label_names)]
+        out.append(PredictionsFile(p.images[rows], p.probs[rows][:, cols], p.targets[rows][:, cols], tuple(labels or p.label_names), p.patients[rows]))
+    return out
+
+
+def _compared(runs_a: list[Run], runs_b: list[Run], labels: tuple[str, ...] | None = None):
+    """The runs' test predictions on the images all of them hold; a note when that is fewer than each holds."""
+    names = [set(r.label_names) for r in runs_a + runs_b]
+    if labels is None and any(n != names[0] for n in names):
+        return None, f"not comparable: {runs_a[0].row} and {runs_b[0].row} predict different labels"
+    aligned = shared_images([r.test for r in runs_a + runs_b], labels or runs_a[0].label_names)
+    if len(aligned[0].images) == 0:
+        return None, f"not comparable: {runs_a[0].row} and {runs_b[0].row} share no test image"
+    if not all(np.array_equal(a.targets, aligned[0].targets) for a in aligned):
+        return None, f"not comparable: {runs_a[0].row} and {runs_b[0].row} give the shared images different labels"
+    sizes = [len(r.test.images) for r in runs_a + runs_b]
     note = None
-    if not common.all() or len(pb.images) != int(common.sum()):
-        note = f"on the {int(common.sum()):,} test images both runs predicted ({len(pa.images):,} and {len(pb.images):,})"
-        pa = type(pa)(pa.images[common], pa.probs[common], pa.targets[common], pa.label_names, pa.patients[common])
-    order = pd.Index(pb.images).get_indexer(pa.images)
-    return (pa, pb.probs[order]), note
+    if any(size != len(aligned[0].images) for size in sizes):
+        held = " and ".join(f"{s:,}" for s in dict.fromkeys(sizes))
+        note = f"on the {len(aligned[0].images):,} test images both runs predicted ({held})"
+    return aligned, note
 
 
-def pairwise_tests(runs: dict[str, Run], n_resamples: int, seed: int) -> str:
+def _seeds_note(runs_a: list[Run], runs_b: list[Run]) -> str:
+    return f", means over {len(runs_a)} and {len(runs_b)} seeds" if len(runs_a) > 1 or len(runs_b) > 1 else ""
+
+
+def pairwise_tests(runs: Runs, n_resamples: int, seed: int) -> str:
     _, columns = TABLE_3
-    macro_rows, delong_parts = [], []
-    for ca, cb in combinations(columns, 2):
-        a, b = runs[ca.run], runs[cb.run]
-        pair = f"{ca.title} - {cb.title}"
-        aligned, note = _aligned(a, b) if a.metrics and b.metrics else (None, None)
+    pairs = list(combinations(columns, 2))
+
+    def tested(pair):
+        ca, cb = pair
+        runs_a, runs_b = runs.row(ca.run), runs.row(cb.run)
+        aligned, note = _compared(runs_a, runs_b) if runs_a and runs_b else (None, None)
         if aligned is None:
-            macro_rows.append([pair] + [note or (BROKEN if a.problem or b.problem else MISSING)] * len(METRIC_ROWS))
+            return runs_a, runs_b, None, note, None
+        pa, pb = aligned[: len(runs_a)], aligned[len(runs_a) :]
+        result = seed_averaged_paired_test(
+            [p.probs for p in pa], [p.probs for p in pb], pa[0].targets, [r.thresholds(ca.group) for r in runs_a],
+            [r.thresholds(cb.group) for r in runs_b], pa[0].patients, n_resamples=n_resamples, seed=seed, label_names=pa[0].label_names,
+        )  # fmt: skip
+        return runs_a, runs_b, (pa, pb), note, result
+
+    # The pairs in parallel: the bootstraps' numpy work releases the GIL.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(pairs), os.cpu_count() or 1))) as pool:
+        outcomes = list(pool.map(tested, pairs))
+    macro_rows, delong_parts = [], []
+    for (ca, cb), (runs_a, runs_b, aligned, note, result) in zip(pairs, outcomes):
+        pair = f"{ca.title} - {cb.title}"
+        if aligned is None:
+            absent = BROKEN if BROKEN in (runs.absent(ca.run), runs.absent(cb.run)) else MISSING
+            macro_rows.append([pair] + [note or absent] * len(METRIC_ROWS))
             continue
-        pa, probs_b = aligned
+        pa, pb = aligned
         pair += f" ({note})" if note else ""
-        result = paired_bootstrap_test(pa.probs, probs_b, pa.targets, a.thresholds(ca.group, pa.label_names),
-                                       b.thresholds(cb.group, pa.label_names), pa.patients, n_resamples=n_resamples,
-                                       seed=seed, label_names=pa.label_names)  # fmt: skip
+        pair += _seeds_note(runs_a, runs_b)
         metrics = result["metrics"]
         macro_rows.append([pair] + [
             f"{metrics.loc[key, 'diff']:+.4f} [{metrics.loc[key, 'lower']:+.3f}, {metrics.loc[key, 'upper']:+.3f}], p={metrics.loc[key, 'p_value']:.3g}"
             if key in metrics.index else "n/a" for key, _ in METRIC_ROWS
         ])  # fmt: skip
-        delong = delong_multilabel(pa.probs, probs_b, pa.targets, pa.label_names, holm=True)
-        rows = [[label, f"{r['auc_a']:.4f}", f"{r['auc_b']:.4f}", f"{r['diff']:+.4f}", f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
-                 f"{r['p_value']:.3g}", f"{r['p_holm']:.3g}"] if not math.isnan(r["auc_a"]) else [label] + ["n/a"] * 6
-                for label, r in delong.iterrows()]  # fmt: skip
-        delong_parts.append(f"#### DeLong per label: {pair}\n\n"
-                            + _table(["Label", f"AUC {ca.title}", f"AUC {cb.title}", "Difference", "95% CI", "p", "p (Holm)"], rows))  # fmt: skip
+        if len(runs_a) == len(runs_b) == 1:  # DeLong compares two score vectors: one seed each
+            delong = delong_multilabel(pa[0].probs, pb[0].probs, pa[0].targets, pa[0].label_names, holm=True)
+            rows = [[label, f"{r['auc_a']:.4f}", f"{r['auc_b']:.4f}", f"{r['diff']:+.4f}", f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]",
+                     f"{r['p_value']:.3g}", f"{r['p_holm']:.3g}"] if not math.isnan(r["auc_a"]) else [label] + ["n/a"] * 6
+                    for label, r in delong.iterrows()]  # fmt: skip
+            delong_parts.append(f"#### DeLong per label: {pair}\n\n"
+                                + table(["Label", f"AUC {ca.title}", f"AUC {cb.title}", "Difference", "95% CI", "p", "p (Holm)"], rows))  # fmt: skip
     header = ["Pair (A - B)"] + [label for _, label in METRIC_ROWS]
     return ("### Pairwise tests between the three best models (Table 3's thresholds)\n\n"
             f"Differences with 95% intervals and two-sided p-values from a paired bootstrap over patients ({n_resamples} resamples, "
-            f"seed {seed}); per-label AUROC differences by DeLong's test, with Holm's correction across labels. DeLong treats "
-            "images as independent; the bootstrap does not.\n\n"
-            + _table(header, macro_rows) + "\n\n" + "\n\n".join(delong_parts))  # fmt: skip
+            f"seed {seed}); a model trained with several seeds counts as the mean over its seeds, every seed scored on the same "
+            "resampled patients. Per-label AUROC differences by DeLong's test (single-seed pairs), with Holm's correction across "
+            "labels. DeLong treats images as independent; the bootstrap does not.\n\n"
+            + table(header, macro_rows) + "\n\n" + "\n\n".join(delong_parts))  # fmt: skip
 
 
-def calibration_section(runs: dict[str, Run], figures_dir: Path, relative_to: Path) -> str:
+def external_comparisons(runs: Runs, n_resamples: int, seed: int) -> str | None:
+    """Each external run against the paper's best models, on the images and labels they share (AUROC: no tuned thresholds)."""
+    externals = [run for run in runs.values() if run.external is not None and run.usable]
+    if not externals:
+        return None
+    rows = []
+    for ext in externals:
+        for column in TABLE_3[1]:
+            ours = runs.row(column.run)
+            if not ours:
+                rows.append([f"`{ext.name}` - {column.title}", runs.absent(column.run), "-", "-"])
+                continue
+            labels = tuple(name for name in ext.label_names if name in ours[0].label_names)
+            aligned, note = _compared([ext], ours, labels)
+            if aligned is None:
+                rows.append([f"`{ext.name}` - {column.title}", note, "-", "-"])
+                continue
+            result = seed_averaged_paired_test([aligned[0].probs], [p.probs for p in aligned[1:]], aligned[0].targets, [0.5],
+                                               [0.5] * len(ours), aligned[0].patients, n_resamples=n_resamples, seed=seed,
+                                               label_names=labels)  # fmt: skip
+            m = result["metrics"].loc["auroc_macro"]
+            rows.append([f"`{ext.name}` - {column.title}{_seeds_note([ext], ours)}", f"{len(aligned[0].images):,} images, {len(labels)} labels",
+                         f"{m['a']:.4f} vs {m['b']:.4f}", f"{m['diff']:+.4f} [{m['lower']:+.3f}, {m['upper']:+.3f}], p={m['p_value']:.3g}"])  # fmt: skip
+    return ("### External predictions against the three best models\n\n"
+            "Macro AUROC over the labels both predict, on the images both predicted; paired patient bootstrap "
+            f"({n_resamples} resamples, seed {seed}).\n\n" + table(["Pair (A - B)", "Compared on", "AUROC A vs B", "Difference [95% CI], p"], rows))  # fmt: skip
+
+
+def calibration_section(runs: Runs, figures_dir: Path, relative_to: Path) -> str:
     rows, figures = [], []
     for name, title in FIGURE_1_RUNS:
-        run = runs[name]
-        test = run.predictions() if run.metrics else None
-        if test is None:
-            rows.append([f"{title} (`{name}`)"] + [_absent(run)] * 5)
+        found = runs.row(name)
+        if not found:
+            rows.append([f"{title} (`{name}`)"] + [runs.absent(name)] * 5)
             continue
+        run = found[0]  # the first seed
+        test = run.test
         before = calibration_table(test.probs, test.targets, test.label_names).loc["macro"]
-        val = run.predictions("val")
-        if val is not None:
-            temperature = fit_temperature(val.probs, val.targets, kind="probs")
-            after = calibration_table(apply_temperature(test.probs, temperature), test.targets, test.label_names).loc["macro"]
+        temperature = scaled_probs = None
+        if run.val is not None:
+            temperature = fit_temperature(run.val.probs, run.val.targets, kind="probs")
+            scaled_probs = apply_temperature(test.probs, temperature)
+            after = calibration_table(scaled_probs, test.targets, test.label_names).loc["macro"]
             scaled = [f"{temperature:.3f}", f"{after['ece']:.4f}", f"{after['brier']:.4f}"]
         else:
             scaled = ["no val_predictions.csv"] + ["-"] * 2
-        rows.append([f"{title} (`{name}`)", f"{before['ece']:.4f}", f"{before['brier']:.4f}", *scaled])
+        rows.append([f"{title} (`{run.name}`)", f"{before['ece']:.4f}", f"{before['brier']:.4f}", *scaled])
+        caption = "before and after temperature scaling" if scaled_probs is not None else "no temperature scaling: no validation predictions"
         path = reliability_diagram(test.probs, test.targets, test.label_names, figures_dir / f"reliability_{name}.png",
-                                   title=f"{title}: reliability (test)")  # fmt: skip
+                                   title=f"{title}: reliability on the test set ({caption})", scaled_probs=scaled_probs,
+                                   temperature=temperature)  # fmt: skip
         figures.append(f"![{title} reliability]({path.relative_to(relative_to).as_posix()})")
     header = ["Model", "ECE (macro)", "Brier (macro)", "Temperature (fit on validation)", "ECE after", "Brier after"]
     return ("### Calibration (test set; temperature scaling fitted on the validation predictions only)\n\n"
-            + _table(header, rows) + "\n\n" + "\n\n".join(figures))  # fmt: skip
+            + table(header, rows) + "\n\n" + "\n\n".join(figures))  # fmt: skip
 
 
-def localization_section(runs: dict[str, Run]) -> str:
+def localization_section(runs: Runs) -> str:
     """Pointing game and energy in the box per label, from ``<run>/explain/localization.csv``."""
     parts = []
     for name, title in FIGURE_1_RUNS:
-        path = runs[name].folder / "explain" / "localization.csv"
-        if not path.is_file():
+        found = runs.by_row.get(name, [])
+        path = found[0].folder / "explain" / "localization.csv" if found and found[0].folder else None
+        if path is None or not path.is_file():
             parts.append(f"- {title} (`{name}`): {MISSING} (`make explain`)")
             continue
         frame = pd.read_csv(path)
-        rows = [[str(r["label"]), str(int(r["n_boxes"])), f"{r['pointing_hit_rate']:.3f}", f"{r['mean_energy_in_box']:.3f}",
-                 f"{r['mean_box_area_fraction']:.3f}"] for _, r in frame.iterrows()]  # fmt: skip
-        parts.append(f"#### {title} (`{name}`)\n\n"
-                     + _table(["Label", "Boxes", "Pointing-game hit rate", "Heatmap energy in the box", "Box area (energy by chance)"], rows))  # fmt: skip
+        rows = []
+        for _, r in frame.iterrows():
+            empty = int(r["empty_heatmaps"]) if "empty_heatmaps" in frame.columns else 0
+            rows.append([str(r["label"]), str(int(r["n_boxes"])), f"{r['pointing_hit_rate']:.3f}", f"{r['mean_energy_in_box']:.3f}",
+                         f"{r['mean_box_area_fraction']:.3f}", f"{empty} (flagged)" if empty else "0"])  # fmt: skip
+        parts.append(f"#### {title} (`{found[0].name}`)\n\n"
+                     + table(["Label", "Boxes", "Pointing-game hit rate", "Heatmap energy in the box", "Box area (energy by chance)",
+                              "Empty heatmaps"], rows))  # fmt: skip
     return ("### Localisation: Grad-CAM against the bounding boxes\n\n"
             "Hit: the heatmap's maximum falls inside the box. Energy: the fraction of the heatmap's mass inside the box; "
-            "the box's share of the image is what a uniform heatmap would score.\n\n" + "\n\n".join(parts))  # fmt: skip
+            "the box's share of the image is what a uniform heatmap would score. An empty heatmap (all zero: the model's "
+            "gradient gave the class no positive evidence) scores as a miss and is counted.\n\n" + "\n\n".join(parts))  # fmt: skip
 
 
-def table_4() -> str:
-    from cxr_lightning.data.metadata import packaged_file, read_metadata
+def table_4(runs: Runs) -> str:
+    """Class prevalence per part, from the data the paper rows' runs used (else the packaged NIH metadata)."""
     from cxr_lightning.data.split_statistics import prevalence_table
-    from cxr_lightning.data.splits import make_split
+    from cxr_lightning.evaluation.run_data import run_split
 
-    meta = read_metadata()
-    split = make_split("paper", meta, packaged_file("train_val_list.txt.gz"), packaged_file("test_list.txt.gz"))
-    table = prevalence_table(meta, split)
-    rows = [[label] + [f"{table.loc[label].iloc[i]:.2f} ({TABLE_4[label][i]:.2f})" for i in range(3)] for label in TABLE_4]
-    rows.append(["images"] + [f"{int(v):,}" for v in table.loc["images"]])
-    rows.append(["patients"] + [f"{int(v):,}" for v in table.loc["patients"]])
+    source = next((run for name in PAPER_RUNS for run in runs.by_row.get(name, []) if run.config), None)
+    meta, split, where = run_split(source)
+    frame = prevalence_table(meta, split)
+    rows = [[label] + [f"{frame.loc[label].iloc[i]:.2f} ({TABLE_4[label][i]:.2f})" for i in range(3)] for label in TABLE_4 if label in frame.index]
+    rows.append(["images"] + [f"{int(v):,}" for v in frame.loc["images"]])
+    rows.append(["patients"] + [f"{int(v):,}" for v in frame.loc["patients"]])
     header = ["Condition", "% positive in Training", "% positive in Validation", "% positive in Testing"]
-    return "### Table 4 (Appendix D): class prevalence per split, from the metadata\n\n" + _table(header, rows)
+    return f"### Table 4 (Appendix D): class prevalence per split ({where}; the paper's in brackets)\n\n" + table(header, rows)
 
 
-def roc_figures(runs: dict[str, Run], figures_dir: Path, relative_to: Path) -> str:
+def roc_figures(runs: Runs, figures_dir: Path, relative_to: Path) -> str:
     from cxr_lightning.evaluation.plots import plot_roc_curves
 
     parts = []
     for name, title in FIGURE_1_RUNS:
-        predictions = runs[name].predictions() if runs[name].metrics else None
-        if predictions is None:
-            parts.append(f"- {title} (`{name}`): {_absent(runs[name])}")
+        found = runs.row(name)
+        if not found:
+            parts.append(f"- {title} (`{name}`): {runs.absent(name)}")
             continue
-        path = plot_roc_curves(predictions.probs, predictions.targets, list(predictions.label_names), figures_dir / f"roc_{name}.png",
-                               title=f"{title}: per-label ROC (test)")  # fmt: skip
+        p = found[0].test
+        path = plot_roc_curves(p.probs, p.targets, list(p.label_names), figures_dir / f"roc_{name}.png", title=f"{title}: per-label ROC (test)")
         parts.append(f"![{title}]({path.relative_to(relative_to).as_posix()})")
     return "### Figure 1: per-label ROC curves of the best model of each kind\n\n" + "\n\n".join(parts)
 
 
 def _status(run: Run) -> str:
     if run.problem:
-        return f"{BROKEN}: {run.problem.replace('|', '/')}"  # a '|' would split the table cell
-    return "done" if run.metrics else MISSING
+        return f"{BROKEN}: {run.problem}"
+    return "done" if run.usable else "not tested"
 
 
-def load_runs(runs_dir: str | Path, n_resamples: int = 2000, seed: int = 0) -> dict[str, Run]:
-    """Every run the tables name; each broken one is named on stderr (it is left out, the others are reported)."""
-    runs = {name: load_run(Path(runs_dir), name, n_resamples, seed) for name in ALL_RUNS}
-    for run in runs.values():
+def runs_table(runs: Runs) -> str:
+    rows = [[f"`{r.name}`", _status(r), f"{len(r.test.images):,}" if r.usable else "-", r.tested_images if r.usable else "-",
+             r.description, "; ".join(r.notes) or "-"] for r in runs.values()]  # fmt: skip
+    return table(["Run", "Status", "Test images", "Which images", "Model and settings", "Notes"], rows)
+
+
+def per_finding_table(run: Run) -> str:
+    """A run's per-label test results: AUROC [interval], and F1, precision, recall at its thresholds."""
+    group = "tuned" if run.metrics is not None else "default"
+    recomputed, bounds = run.recomputed(group), run.interval(group)
+    rows = []
+    for name in run.label_names:
+        r, b = recomputed["per_label"][name], bounds["per_label"].loc[name]
+        rows.append([name, f"{r['positives']:,}", number(r["auroc"]) + interval(b["lower"], b["upper"]), number(r["f1"]),
+                     number(r["precision"]), number(r["recall"]), f"{r['threshold']:.3f}"])  # fmt: skip
+    rows.append([f"**macro ({len(run.label_names)} labels)**", "", number(recomputed["auroc_macro"])
+                 + interval(bounds["lower"]["auroc_macro"], bounds["upper"]["auroc_macro"]), number(recomputed["f1_macro"]),
+                 number(recomputed["precision_macro"]), number(recomputed["recall_macro"]), ""])  # fmt: skip
+    thresholds = "its tuned thresholds" if group == "tuned" else "0.5 (no tuned thresholds)"
+    return (f"#### `{run.name}`: {run.description}\n\nTested: {run.tested_images}. F1, precision and recall at {thresholds}.\n\n"
+            + table(["Label", "Positives", "AUROC [95% CI]", "F1", "Precision", "Recall", "Threshold"], rows))  # fmt: skip
+
+
+def label_sentence(runs: Runs) -> str:
+    counts = sorted({len(r.label_names) for r in runs.values() if r.usable})
+    if not counts:
+        return "Macro averages are over each run's labels"
+    described = " or ".join(f"{n}" + (" (the 14 findings and No Finding, as in the paper)" if n == 15 else "") for n in counts)
+    return f"Macro averages are over the {described} labels each run predicts"
+
+
+def load_runs(runs_dir: str | Path, n_resamples: int = 2000, seed: int = 0, external: list[str] = ()) -> Runs:
+    """Every run folder under ``runs_dir`` and every external CSV; each broken run is named on stderr."""
+    runs_dir = Path(runs_dir)
+    found = {name: load_run(runs_dir, name, n_resamples, seed) for name in find_run_folders(runs_dir)}
+    for spec in external:
+        name, path = parse_external(spec)
+        if name in found:
+            raise PredictionsFileError(f"--external {spec}: a run named {name!r} exists in {runs_dir}; choose another NAME")
+        found[name] = load_external(name, path, n_resamples, seed)
+    for run in found.values():
         if run.problem:
             print(f"cxr-lightning: warning: run {run.name} left out of the report: {run.problem}", file=sys.stderr)
-    return runs
+    return Runs(found)
 
 
-def build_report(runs_dir: str | Path, out: str | Path, n_resamples: int = 2000, seed: int = 0, runs: dict[str, Run] | None = None) -> str:
+def build_report(runs_dir: str | Path, out: str | Path, n_resamples: int = 2000, seed: int = 0, runs: Runs | None = None) -> str:
     """Write the report to ``out`` (figures in ``out``'s folder / figures) and return its text.
 
     ``runs``: from :func:`load_runs` (read here when not given).
@@ -373,51 +408,66 @@ def build_report(runs_dir: str | Path, out: str | Path, n_resamples: int = 2000,
     figures = out.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     runs = runs if runs is not None else load_runs(runs_dir, n_resamples, seed)
-    status = _table(
-        ["Run", "Status", "Test images", "Data root"],
-        [[f"`{r.name}`", _status(r), f"{r.metrics['num_images']:,}" if r.metrics else "-", r.data_root if r.config else "-"]
-         for r in runs.values()],
-    )  # fmt: skip
-    sections = [
-        "# cxr-lightning: the paper's tables, reproduced",
-        f"Runs read from `{runs_dir}`. Each cell is **this project's value [95% interval] (the paper's value)**; "
-        f"the intervals are percentile intervals of a bootstrap that resamples patients ({n_resamples} resamples, seed {seed}), "
-        "since images of one patient are not independent. `missing` marks a run that has not been made (`make tables`). "
-        "Macro averages are over the 15 columns, `No Finding` included, as in the paper; the last row of each table adds "
-        "the mean AUROC of the 14 findings that most of the literature reports.",
-        "## Runs\n\n" + status,
+    # Every run's intervals first, in parallel: the bootstrap's numpy work releases the GIL, and the
+    # runs are independent (each section then reads them from the run's cache).
+    usable = [run for run in runs.values() if run.usable]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(usable), os.cpu_count() or 1))) as pool:
+        list(pool.map(lambda run: run.interval("tuned"), usable))
+    body = [
         "## The paper's tables",
         metric_table(TABLE_1, runs),
         metric_table(TABLE_2, runs, TABLE_2_SETTINGS),
         metric_table(TABLE_3, runs),
-        table_4(),
-        *[threshold_table(title, runs[name], paper) for title, name, paper in THRESHOLD_TABLES],
+        table_4(runs),
+        *[threshold_table(title, runs, name, paper) for title, name, paper in THRESHOLD_TABLES],
         roc_figures(runs, figures, out.parent),
         "## Beyond the paper",
         pairwise_tests(runs, n_resamples, seed),
+        external_comparisons(runs, n_resamples, seed),
         calibration_section(runs, figures, out.parent),
         localization_section(runs),
         imbalance_table(runs),
+        backbone_table(runs),
+        "## Beyond NIH's labels",
+        expert_label_section(runs, figures, out.parent, n_resamples, seed),
+        subgroup_section(runs, n_resamples, seed),
+        "## Every run: per-finding results\n\n" + "\n\n".join(per_finding_table(r) for r in runs.values() if r.usable),
     ]
-    text = "\n\n".join(sections) + "\n"
+    banner = [SYNTHETIC_BANNER] if any(r.synthetic for r in runs.values()) else []
+    sections = [
+        "# cxr-lightning: the paper's tables, reproduced",
+        *banner,
+        f"Runs read from `{runs_dir}`. Each cell is **this project's value [95% interval] (the paper's value)**, recomputed from "
+        f"the run's `test_predictions.csv`; the intervals are percentile intervals of a bootstrap that resamples patients "
+        f"({n_resamples} resamples, seed {seed}), since images of one patient are not independent. A row trained with several "
+        "seeds (`RUNS/<row>/seed<k>/`) shows the mean ± sd over its seeds; each seed's intervals are under \"Every run\". "
+        f"`missing` marks a row that has not been made (`make tables`). {label_sentence(runs)}; the last row of each table adds "
+        "the mean AUROC of the 14 findings that most of the literature reports.",
+        "## Runs\n\n" + runs_table(runs),  # after the sections: computing them notes what a reader must know
+        *body,
+    ]
+    text = "\n\n".join(s for s in sections if s) + "\n"
     atomic_write_text(out, text)
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cxr-lightning report", description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser = CommandParser(prog="cxr-lightning report", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="folder holding one folder per run (default: runs)")
     parser.add_argument("--out", type=Path, default=None, help="report file (default: RUNS/report.md)")
+    parser.add_argument("--external", action="append", default=[], metavar="NAME=CSV",
+                        help="add a predictions CSV made elsewhere as a run (an image column and prob_<Label> columns; "
+                        "label_<Label> columns, or NIH's labels by image name); repeatable")  # fmt: skip
     parser.add_argument("--bootstrap", type=int, default=2000, help="patient-bootstrap resamples for intervals and tests")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     args = parser.parse_args(argv)
     out = args.out or args.runs / "report.md"
     check_writable_folder(out.parent, "the report")  # before the bootstrap, not after it
-    runs = load_runs(args.runs, args.bootstrap, args.seed)
+    runs = load_runs(args.runs, args.bootstrap, args.seed, args.external)
     build_report(args.runs, out, args.bootstrap, args.seed, runs=runs)
     print(f"wrote {out} and its figures in {out.parent / 'figures'}")
     broken = [r.name for r in runs.values() if r.problem]
-    if broken and not any(r.metrics for r in runs.values()):
+    if broken and not any(r.usable for r in runs.values()):
         print(f"cxr-lightning: error: no usable run in {args.runs}: {len(broken)} broken ({', '.join(broken)}), see above", file=sys.stderr)
         return 1
     return 0

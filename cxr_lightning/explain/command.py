@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxr_lightning.cli.parser import CommandParser
 from cxr_lightning.data.labels import NO_FINDING
 from cxr_lightning.data.metadata import packaged_file
 from cxr_lightning.explain.boxes import read_bbox_csv
@@ -32,15 +33,15 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--out", required=True, type=Path, help="output folder: overlays/, explanations.csv, localization.csv")
     parser.add_argument("--boxes", type=Path, default=None, metavar="CSV",
                         help="NIH BBox_List_2017.csv ('nih': the packaged official file): evaluate localisation on the boxed images")
-    parser.add_argument("--boxed-only", action="store_true", help="with --boxes: explain only the images that have a box")
+    parser.add_argument("--boxed_only", action="store_true", help="with --boxes: explain only the images that have a box")
     parser.add_argument("--tolerance", type=float, default=0.0, help="pointing-game tolerance in model-input pixels (default 0)")
-    parser.add_argument("--no-overlays", action="store_true", help="do not write overlay PNGs")
+    parser.add_argument("--no_overlays", action="store_true", help="do not write overlay PNGs")
     return parser
 
 
 def run_explain(args: argparse.Namespace) -> int:
     """Run ``explain``: overlays, ``explanations.csv`` and, with ``--boxes``, ``localization.csv`` (+ per box)."""
-    predictor = Predictor(args.checkpoint, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+    predictor = Predictor(args.ckpt_path, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
                           trusted_classes=args.trusted_classes)  # fmt: skip
     labels = resolve_labels(args.labels, predictor.label_names)
     paths, skipped = resolve_inputs(args.images)
@@ -88,7 +89,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 def build_explain_parser(prog: str = "cxr-lightning explain") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Grad-CAM overlays and localisation against bounding boxes.", allow_abbrev=False)
+    parser = CommandParser(prog=prog, description="Grad-CAM overlays and localisation against bounding boxes.")
     return add_explain_arguments(parser)
 
 

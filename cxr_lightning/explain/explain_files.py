@@ -135,6 +135,8 @@ def explain_files(
                     "probability": float(probs[i, names.index(label)]),
                     "n_boxes": len(image_boxes),
                 }
+                empty = float(heat.max()) <= 0.0
+                record["empty_heatmap"] = empty
                 hits, energies = [], []
                 for box in image_boxes:
                     scaled = scale_box(box, batch.original_sizes[i], size)
@@ -152,17 +154,20 @@ def explain_files(
                             "probability": record["probability"],
                             "pointing_hit": bool(hit),
                             "energy_in_box": energy,
+                            "empty_heatmap": empty,
                         }  # fmt: skip
                     )
                 record["pointing_hit"] = float(np.mean(hits)) if hits else math.nan
                 record["energy_in_box"] = float(np.mean(energies)) if energies else math.nan
                 if overlays_dir is not None:
                     target = overlays_dir / f"{_safe(path.stem)}__{_safe(label)}.png"
-                    overlay(batch.greys[i], heat, target, boxes=image_boxes, title=f"{label} p={record['probability']:.2f}")
+                    threshold = float(predictor.thresholds[names.index(label)])
+                    overlay(batch.greys[i], heat, target, boxes=image_boxes,
+                            title=f"{path.name}: {label}, probability {record['probability']:.2f} (tuned threshold {threshold:.2f})")
                     record["overlay"] = str(target)
                 explanations.append(record)
     box_columns = ["image", "label", "x", "y", "w", "h", "original_width", "original_height", "box_area_fraction",
-                   "probability", "pointing_hit", "energy_in_box"]  # fmt: skip
+                   "probability", "pointing_hit", "energy_in_box", "empty_heatmap"]  # fmt: skip
     return pd.DataFrame(explanations), pd.DataFrame(per_box, columns=box_columns), skipped
 
 

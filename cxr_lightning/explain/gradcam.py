@@ -15,6 +15,10 @@ image (a map with no positive evidence is all zeros). Target layers:
   transformer analogue of CAM. (Attention rollout is not used: it ignores the head and the
   label, and Hugging Face's SDPA attention does not return attention weights.)
 
+* a named backbone (``BackboneClassifier``): the layer its ``gradcam_layer()`` gives, the last
+  convolutional stage (DenseNet ``features``, ConvNeXt's last stage, EfficientNet's head) or, for
+  ViTs, the tokens entering the last block's attention (class-token pooling) or leaving it.
+
 For the CNN and ResNet, whose pooled features also feed a linear head, Grad-CAM likewise equals
 CAM (the exact per-location contribution to the logit, up to the ReLU).
 """
@@ -40,6 +44,8 @@ __all__ = ["find_target_layer", "gradcam"]
 def find_target_layer(model: nn.Module) -> tuple[nn.Module, int | None]:
     """The layer Grad-CAM uses for a cxr_lightning classifier, and the patch size for token layers (else None)."""
     root = getattr(model, "backbone", model)
+    if callable(getattr(root, "gradcam_layer", None)):  # a named backbone knows its own (models/backbones)
+        return root.gradcam_layer()
     for module in root.modules():
         if isinstance(module, CNNBackbone):
             return module.features[-1], None

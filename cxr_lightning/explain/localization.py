@@ -74,7 +74,8 @@ def energy_in_box(heatmap: torch.Tensor | np.ndarray, box: Box) -> float:
 
 def localization_summary(per_box: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
     """Per label (in ``labels`` order) and ``all``: n_boxes, n_images, pointing_hit_rate,
-    mean_energy_in_box and its chance level mean_box_area_fraction."""
+    mean_energy_in_box, its chance level mean_box_area_fraction, and empty_heatmaps (boxes whose
+    heatmap was all zero: counted as misses with no energy, and flagged so that a reader knows)."""
     rows = []
     for label in [*labels, "all"]:
         part = per_box if label == "all" else per_box[per_box["label"] == label]
@@ -87,6 +88,7 @@ def localization_summary(per_box: pd.DataFrame, labels: Sequence[str]) -> pd.Dat
                 "pointing_hit_rate": float(part["pointing_hit"].mean()) if n else math.nan,
                 "mean_energy_in_box": float(part["energy_in_box"].mean()) if n else math.nan,
                 "mean_box_area_fraction": float(part["box_area_fraction"].mean()) if n else math.nan,
+                "empty_heatmaps": int(part["empty_heatmap"].sum()) if n and "empty_heatmap" in part else 0,
             }
         )
     return pd.DataFrame(rows)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from cxr_lightning.checkpoint import add_trust_argument
+from cxr_lightning.cli.parser import CommandParser
 from cxr_lightning.inference.export import export_model, sidecar_path
 from cxr_lightning.output_files import atomic_outputs, check_writable_folder
 
@@ -16,14 +17,14 @@ __all__ = ["add_export_arguments", "build_export_parser", "main", "run_export"]
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``cxr-lightning export``."""
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint (.ckpt) written by cxr-lightning fit")
+    parser.add_argument("--ckpt_path", required=True, type=Path, metavar="CKPT", help="checkpoint (.ckpt) written by cxr-lightning fit")
     add_trust_argument(parser)
     parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="model format (default onnx)")
     parser.add_argument("--out", required=True, type=Path, help="model file to write; the sidecar goes to <out>.json")
-    parser.add_argument("--image-size", type=int, default=None, help="input side (default: the training image size)")
+    parser.add_argument("--image_size", type=int, default=None, help="input side (default: the training image size)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17; 18+ uses the torch.export-based exporter)")
     parser.add_argument("--exporter", choices=("auto", "legacy", "dynamo"), default="auto", help="ONNX exporter (default: by opset)")
-    parser.add_argument("--no-verify", action="store_true", help="do not compare the exported model with PyTorch")
+    parser.add_argument("--no_verify", action="store_true", help="do not compare the exported model with PyTorch")
     return parser
 
 
@@ -34,7 +35,7 @@ def run_export(args: argparse.Namespace) -> int:
     check_writable_folder(Path(args.out).parent, "the exported model")
     with atomic_outputs(args.out, sidecar_path(args.out)) as (staged_out, _):
         result = export_model(
-            args.checkpoint, staged_out, format=args.format, image_size=args.image_size, opset=args.opset,
+            args.ckpt_path, staged_out, format=args.format, image_size=args.image_size, opset=args.opset,
             exporter=args.exporter, verify=not args.no_verify, trusted_classes=args.trusted_classes,
         )  # fmt: skip
     result = dataclasses.replace(result, path=Path(args.out), sidecar=sidecar_path(args.out))
@@ -47,7 +48,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def build_export_parser(prog: str = "cxr-lightning export") -> argparse.ArgumentParser:
     description = "Export a checkpoint to ONNX or TorchScript (probabilities out) with a JSON sidecar."
-    parser = argparse.ArgumentParser(prog=prog, description=description, allow_abbrev=False)
+    parser = CommandParser(prog=prog, description=description)
     return add_export_arguments(parser)
 
 

@@ -95,6 +95,11 @@ class Predictor:
         self.checkpoint = Path(checkpoint)
 
     @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, **options: Any) -> Predictor:
+        """``Predictor.from_checkpoint("runs/demo/checkpoints/best.ckpt", device="cuda")``: the same as the constructor."""
+        return cls(checkpoint, **options)
+
+    @classmethod
     def from_model(
         cls, model: torch.nn.Module, spec: Any, device: str | torch.device = "cpu", batch_size: int = 16, num_workers: int = 2
     ) -> Predictor:
@@ -127,6 +132,29 @@ class Predictor:
         """Probabilities ``(B, L)`` for normalised images ``(B, C, S, S)`` and encoded metadata ``(B, M)``."""
         logits = self.model(images.to(self.device), metadata.to(self.device))
         return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def predict_array(
+        self, image: Any, age: float | None = None, sex: str | None = None, view: str | None = None
+    ) -> pd.DataFrame:
+        """Probabilities and tuned decisions for one image held in memory, with its age, sex and view.
+
+        ``image``: a ``(H, W)`` grey array (or ``(1, H, W)``; numpy or torch): ``uint8`` (0-255),
+        ``uint16`` (0-65535) or floats in [0, 1]. Unknown age, sex or view are left ``None`` (the
+        training mean age, unknown sex and view, as for files). Returns one row per label, indexed
+        by label: ``probability``, ``threshold`` (tuned on validation) and ``decision`` (0/1).
+        """
+        return self._predict_one(_grey_tensor(image), {"age": age, "sex": sex, "view": view}, None)
+
+    def predict_file(self, path: str | Path, age: float | None = None, sex: str | None = None, view: str | None = None) -> pd.DataFrame:
+        """:meth:`predict_array` for one PNG, JPEG or DICOM file; a DICOM's own tags fill what is not given."""
+        loaded = load_image(path)
+        return self._predict_one(loaded.grey, {"age": age, "sex": sex, "view": view}, loaded.tags)
+
+    def _predict_one(self, grey: torch.Tensor, given: dict[str, Any], tags: dict[str, Any] | None) -> pd.DataFrame:
+        values, _ = merge_metadata({k: v for k, v in given.items() if v is not None}, tags)
+        probs = self.predict_tensors(self.transform(grey).unsqueeze(0), self.encode_metadata([values]))[0]
+        return pd.DataFrame({"probability": probs, "threshold": self.thresholds, "decision": self.decisions(probs[None, :])[0]},
+                            index=pd.Index(self.label_names, name="label"))  # fmt: skip
 
     def decisions(self, probs: np.ndarray) -> np.ndarray:
         """0/1 decisions at the checkpoint's tuned thresholds (``prob >= threshold``)."""
@@ -240,6 +268,26 @@ class Predictor:
             frame.to_csv(out_csv, index=False)
             pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(skipped_csv_path(out_csv), index=False)
         return frame
+
+
+def _grey_tensor(image: Any) -> torch.Tensor:
+    """A ``(1, H, W)`` float32 tensor in [0, 1] from a grey array; a clear error for anything else."""
+    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2 or min(array.shape) < 1:
+        raise ValueError(f"predict_array takes one grey image of shape (H, W) or (1, H, W), got shape {array.shape}")
+    if array.dtype == np.uint8:
+        values = array.astype(np.float32) / 255.0
+    elif array.dtype == np.uint16:
+        values = array.astype(np.float32) / 65535.0
+    elif np.issubdtype(array.dtype, np.floating):
+        values = array.astype(np.float32)
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+            raise ValueError("predict_array: a float image must hold finite values in [0, 1] (divide 8-bit pixels by 255)")
+    else:
+        raise ValueError(f"predict_array: pixels of dtype {array.dtype} are not supported; give uint8, uint16 or floats in [0, 1]")
+    return torch.from_numpy(np.ascontiguousarray(values))[None]
 
 
 def skipped_csv_path(out_csv: str | Path) -> Path:

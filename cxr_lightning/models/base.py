@@ -22,7 +22,12 @@ from cxr_lightning.evaluation.metrics import NO_SAMPLES_WARNING, PredictionColle
 from cxr_lightning.models.fusion import MetadataFusionHead
 from cxr_lightning.models.losses import build_loss
 
-MODEL_CLASS_KEY = "model_class_path"
+# Where the model's class path is recorded: the key LightningCLI stores it under in hyper_parameters.
+CLASS_PATH_KEY = "_class_path"
+# LightningCLI's record of how to build the class: read by LightningModule.load_from_checkpoint.
+INSTANTIATOR_KEY, CLI_INSTANTIATOR = "_instantiator", "lightning.pytorch.cli.instantiate_module"
+# Where checkpoints written before this model recorded CLASS_PATH_KEY itself keep it (top level).
+LEGACY_MODEL_CLASS_KEY = "model_class_path"
 RNG_STATE_KEY = "torch_rng_state"
 CUDA_RNG_STATE_KEY = "torch_cuda_rng_state"
 SchedulerName = Literal["none", "plateau", "warmup_linear"]
@@ -42,8 +47,8 @@ class CXRClassifier(L.LightningModule):
             ``{gamma_neg: 4, gamma_pos: 0, clip: 0.05}`` for asymmetric.
         metadata_hidden: widths of the metadata MLP; empty concatenates the metadata directly.
         head_dropout: dropout on the pooled image features before the head.
-        lr: Adam learning rate.
-        weight_decay: Adam weight decay.
+        lr: learning rate.
+        weight_decay: weight decay (L2 for ``adam``/``sgd``, decoupled for ``adamw``).
         scheduler: ``none``; ``plateau`` (ReduceLROnPlateau on ``val/loss``, once per epoch);
             ``warmup_linear`` (linear warm-up over ``warmup_fraction`` of the steps, then linear
             decay to zero, per step).
@@ -53,6 +58,8 @@ class CXRClassifier(L.LightningModule):
         channels_last: keep convolution weights and inputs in channels-last memory format
             (faster convolutions with mixed precision on recent GPUs).
         compile: ``torch.compile`` the backbone (the head, loss and metrics stay eager).
+        optimizer: ``adam`` (the paper's), ``adamw`` or ``sgd`` (CheXNet's reproduction: momentum 0.9).
+        momentum: SGD momentum (unused by Adam/AdamW).
     """
 
     def __init__(
@@ -73,6 +80,8 @@ class CXRClassifier(L.LightningModule):
         plateau_patience: int = 10,
         channels_last: bool = False,
         compile: bool = False,
+        optimizer: Literal["adam", "adamw", "sgd"] = "adam",
+        momentum: float = 0.9,
     ):
         super().__init__()
         if label_names is None:
@@ -96,6 +105,7 @@ class CXRClassifier(L.LightningModule):
         self._skipped: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         self.skipped_images: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         self._pending_rng_state: torch.Tensor | None = None
+        self._warned: set[str] = set()  # the warnings already shown in this run
         self._pending_cuda_rng_state: torch.Tensor | None = None
 
     def attach_backbone(self, backbone: nn.Module) -> None:
@@ -106,12 +116,16 @@ class CXRClassifier(L.LightningModule):
 
     def _apply(self, fn, recurse: bool = True):
         # Thresholds move with the model but stay float32 under bf16-true/16-true: a threshold
-        # rounded to bf16 no longer maximises F1 on validation.
-        thresholds = self._buffers.get("thresholds")
+        # rounded to bf16 no longer maximises F1 on validation. torch's one private method here:
+        # every public cast (to, half, bfloat16, float, double, type; Lightning's precision
+        # plugins call to) goes through _apply, which casts every floating-point buffer, and torch
+        # has no public per-buffer opt-out. Keeping them out of the buffers instead would stop
+        # .to(device) and DDP from moving them and change the checkpoints' state_dict.
+        thresholds = getattr(self, "thresholds", None)
         super()._apply(fn, recurse)
-        moved = self._buffers.get("thresholds")
+        moved = getattr(self, "thresholds", None)
         if thresholds is not None and moved is not None and moved.dtype != thresholds.dtype:
-            self._buffers["thresholds"] = thresholds.to(device=moved.device)
+            self.thresholds = thresholds.to(device=moved.device)  # assigning a registered buffer replaces it
         return self
 
     def configure_model(self) -> None:
@@ -132,8 +146,13 @@ class CXRClassifier(L.LightningModule):
         return torch.sigmoid(self(images, metadata).float())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Which class to rebuild: the checkpoint alone must be enough to predict.
-        checkpoint[MODEL_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        # Which class to rebuild: the checkpoint alone must be enough to predict. Recorded as
+        # LightningCLI records it (its own value names the same class, maybe by a re-export), so a
+        # checkpoint saved outside the CLI carries it too; with the CLI's instantiator, which
+        # load_from_checkpoint needs to read that key (it would pass it on as an argument).
+        hyper_parameters = checkpoint.setdefault("hyper_parameters", {})
+        hyper_parameters[CLASS_PATH_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        hyper_parameters.setdefault(INSTANTIATOR_KEY, CLI_INSTANTIATOR)
         checkpoint[RNG_STATE_KEY] = torch.get_rng_state()
         if self.device.type == "cuda":
             # Dropout and BEiT's drop-path draw from the device's generator on a GPU. Every rank's
@@ -237,16 +256,21 @@ class CXRClassifier(L.LightningModule):
     def _metrics(self, stage: str, collector: PredictionCollector) -> dict[str, dict]:
         epoch = collector.compute()
         no_finding = NO_FINDING if NO_FINDING in self.label_names else None
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             if len(epoch.indices) == 0:
                 # Every image of the epoch was unreadable and skipped: say so once, naming the stage.
                 warnings.filterwarnings("ignore", message=NO_SAMPLES_WARNING, category=UserWarning)
                 where = f" epoch {self.current_epoch}" if self.trainer.state.fn == TrainerFn.FITTING else ""
                 rank_zero_warn(f"[{stage}]{where}: no readable image to score (every batch was skipped): its metrics are NaN")
             tuned = classification_metrics(epoch.probs, epoch.targets, self.thresholds, self.label_names, no_finding)
-            # The same labels' undefined AUROC was just reported for the tuned group: say it once.
-            warnings.filterwarnings("ignore", message="AUROC is undefined", category=UserWarning)
             default = classification_metrics(epoch.probs, epoch.targets, torch.full_like(self.thresholds, 0.5), self.label_names, no_finding)
+        # Each warning once per run (the same labels' undefined AUROC would repeat every validation epoch).
+        for warning in caught:
+            message = str(warning.message)
+            if message not in self._warned:
+                self._warned.add(message)
+                rank_zero_warn(message, category=warning.category)
         return {"default": default, "tuned": tuned}
 
     def _log_metrics(self, stage: str, metrics: dict[str, dict]) -> None:
@@ -284,13 +308,16 @@ class CXRClassifier(L.LightningModule):
         h = self.hparams
         # Every trainable parameter, the new head included (the paper's ResNet code left it out).
         params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=h.lr, weight_decay=h.weight_decay)
+        optimizer = build_optimizer(h.optimizer, params, h.lr, h.weight_decay, h.momentum)
         if h.scheduler == "none":
             return optimizer
         if h.scheduler == "plateau":
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=h.plateau_factor, patience=h.plateau_patience)
             # Stepped only in epochs that validate, on that validation's loss (not on a stale one).
-            every = (self._trainer.check_val_every_n_epoch or 1) if self._trainer is not None else 1
+            try:
+                every = self.trainer.check_val_every_n_epoch or 1
+            except (RuntimeError, AttributeError):  # not attached to a Trainer (configure_optimizers called directly)
+                every = 1
             return {"optimizer": optimizer,
                     "lr_scheduler": {"scheduler": plateau, "monitor": "val/loss", "interval": "epoch", "frequency": int(every)}}  # fmt: skip
         if h.scheduler == "warmup_linear":
@@ -305,3 +332,14 @@ class CXRClassifier(L.LightningModule):
             schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
         raise ValueError(f"unknown scheduler {h.scheduler!r}; choose none, plateau or warmup_linear")
+
+
+def build_optimizer(name: str, params: list, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    """``adam`` | ``adamw`` | ``sgd`` (with ``momentum``) over ``params``."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose adam, adamw or sgd")

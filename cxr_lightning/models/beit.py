@@ -83,7 +83,7 @@ class BeitBackbone(nn.Module):
         in_channels: ``config.num_channels`` (3).
         model: the ``transformers.BeitModel``.
 
-    The input's preprocessing is the DataModule's: ``data.normalization: beit`` is the 0.5/0.5 of the
+    The input's preprocessing is the DataModule's: ``data.images.normalization: beit`` is the 0.5/0.5 of the
     ``microsoft/beit-*`` image processors (:data:`cxr_lightning.data.transforms.NORMALIZATIONS`).
     """
 

@@ -182,7 +182,7 @@ class ResNet50Backbone(nn.Module):
         in_channels: 3, or 1 with the high-res stem.
 
     The input's preprocessing (size, channels, normalisation) is the DataModule's
-    (``data.image_size``, ``data.image_channels``, ``data.normalization``: ``imagenet`` for the
+    (``data.images.size``, ``data.images.channels``, ``data.images.normalization``: ``imagenet`` for the
     pretrained body, ``none`` with the stem, see :data:`cxr_lightning.data.transforms.NORMALIZATIONS`).
     """
 

@@ -15,7 +15,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 
-from cxr_lightning.evaluation.metrics import best_f1_thresholds, per_label_table
+from cxr_lightning.data.synthetic import is_synthetic_root
+from cxr_lightning.evaluation.metrics import THRESHOLD_RULES, ThresholdRule, best_f1_thresholds, per_label_table
 from cxr_lightning.evaluation.predictions_file import write_predictions
 from cxr_lightning.output_files import atomic_outputs, atomic_write_text
 
@@ -34,22 +35,28 @@ class ThresholdTuner(L.Callback):
             thresholds as JSON (null: do not write).
         save_predictions: also write the validation predictions (``val_predictions.csv``),
             which temperature scaling and calibration reports fit on.
+        rule: ``score`` (the paper's: the lowest validation score predicted positive at the best
+            cut) or ``midpoint`` (halfway between that score and the next lower one); see
+            :func:`~cxr_lightning.evaluation.metrics.best_f1_thresholds`.
     """
 
-    def __init__(self, save_to: str | None = "thresholds.json", save_predictions: bool = True):
+    def __init__(self, save_to: str | None = "thresholds.json", save_predictions: bool = True, rule: ThresholdRule = "score"):
+        if rule not in THRESHOLD_RULES:
+            raise ValueError(f"threshold_tuner.rule {rule!r}: use one of {', '.join(THRESHOLD_RULES)}")
         self.save_to = save_to
         self.save_predictions = save_predictions
+        self.rule = rule
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         epoch = pl_module.val_predictions.compute()
-        thresholds = best_f1_thresholds(epoch.probs, epoch.targets).to(pl_module.thresholds)
+        thresholds = best_f1_thresholds(epoch.probs, epoch.targets, self.rule).to(pl_module.thresholds)
         pl_module.thresholds.copy_(thresholds)
         if self.save_to and trainer.is_global_zero:
             path = Path(trainer.default_root_dir) / self.save_to
             path.parent.mkdir(parents=True, exist_ok=True)
-            record = {**_weights_source(trainer, pl_module), "num_images": int(len(epoch.indices)),
+            record = {**_weights_source(trainer, pl_module), "num_images": int(len(epoch.indices)), "rule": self.rule,
                       "thresholds": dict(zip(pl_module.label_names, thresholds.tolist()))}  # fmt: skip
             atomic_write_text(path, json.dumps(record, indent=2) + "\n")
             if self.save_predictions:
@@ -83,6 +90,7 @@ class TestOutputWriter(L.Callback):
         summary["thresholds"] = dict(zip(names, results["thresholds"]))
         summary["num_images"] = int(len(epoch.indices))
         summary.update(_weights_source(trainer, pl_module))
+        summary["data"] = _data_source(trainer)
         atomic_write_text(out / "metrics.json", json.dumps(_finite(summary), indent=2) + "\n")
 
         at_half = per_label_table(metrics["default"])[["f1", "precision", "recall"]].add_suffix("@0.5")
@@ -91,7 +99,8 @@ class TestOutputWriter(L.Callback):
             table.to_csv(staged, index_label="label")
 
         image_names = _image_names(trainer.test_dataloaders, epoch.indices)
-        write_predictions(out / "test_predictions.csv", image_names, epoch.probs, epoch.targets, names)
+        write_predictions(out / "test_predictions.csv", image_names, epoch.probs, epoch.targets, names,
+                          demographics=_demographics(trainer, image_names))  # fmt: skip
         figure = None
         if self.roc_figure:
             from cxr_lightning.evaluation.plots import plot_roc_curves
@@ -131,6 +140,21 @@ class PredictionCSVWriter(BasePredictionWriter):
         with atomic_outputs(out / name) as (staged,):
             pd.concat([pd.DataFrame({"image": names}), frame, decisions], axis=1).to_csv(staged, index=False, float_format="%.9g")
         rank_zero_info(f"[predict] wrote {len(names):,} predictions to {out / name}")
+
+
+def _demographics(trainer: L.Trainer, image_names: list[str]):
+    """Age, sex and view of the tested images from the DataModule's own metadata (None without one that knows them)."""
+    lookup = getattr(getattr(trainer, "datamodule", None), "demographics", None)
+    return lookup(image_names) if callable(lookup) else None
+
+
+def _data_source(trainer: L.Trainer) -> dict:
+    """What the report must know of the tested data: where it was and whether it was synthetic."""
+    datamodule = getattr(trainer, "datamodule", None)
+    root = getattr(datamodule, "data_root", None)
+    if root is None:
+        return {}
+    return {"data_root": str(root), "synthetic": is_synthetic_root(Path(root))}
 
 
 def _image_names(loader, indices: torch.Tensor) -> list[str]:

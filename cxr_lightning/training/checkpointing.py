@@ -3,33 +3,42 @@
 A resume from any ``last.ckpt`` must end exactly as an uninterrupted run: the same batches,
 weights, thresholds, best checkpoint and learning-rate schedule. Lightning's loops restore most of
 that; this callback covers the rest (saves on an epoch's last batch, ReduceLROnPlateau's epoch-end
-step). The fit loop's saved progress has no public API: it is read and changed only by the
-private functions at the end of this file.
+step). It uses Lightning's public API only (callback hooks, ``trainer.save_checkpoint``); the fit
+loop's saved progress has no public API: it is read and changed only by the private functions at
+the end of this file.
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 
-class LatestCheckpoint(ModelCheckpoint):
+class LatestCheckpoint(Checkpoint):
     """The one writer of ``last.ckpt``: after every validation, at every epoch end, and on its clock.
 
     Lightning's ``ModelCheckpoint(save_last=True)`` refreshes ``last.ckpt`` only in a step where its
     own trigger saved, so a best-only or clock-only writer leaves ``last.ckpt`` at an older epoch
     (with both, one of them wrote ``last-v1.ckpt``), and epochs without validation
-    (``check_val_every_n_epoch > 1``) are never saved. This subclass writes it after each
+    (``check_val_every_n_epoch > 1``) are never saved. This callback writes it after each
     validation (thresholds just tuned) and at each training-epoch end, once per step, so
     ``last.ckpt`` is always the newest state: what ``fit --ckpt_path last`` resumes and what
     ``predict``/``export`` of "the last model" mean. The clock (``train_time_interval``, 10 minutes
-    in the CLI) bounds what a preemption mid-epoch loses.
+    in the CLI) and ``every_n_train_steps`` bound what a preemption mid-epoch loses. It is a
+    ``Checkpoint`` callback, so Lightning runs it after every other callback in each hook. For
+    ``ckpt_path="last"`` Lightning looks in the folders of the trainer's ``ModelCheckpoint``
+    callbacks only: in the CLI the best checkpoint's (``checkpoint``) is this folder; a trainer
+    built otherwise needs such a ``ModelCheckpoint`` beside it, or the path itself.
 
     Every ``last.ckpt`` it writes resumes exactly wherever it was taken. A step or clock save that
     falls on an epoch's last training batch is left to the save after that epoch's validation and
@@ -42,22 +51,75 @@ class LatestCheckpoint(ModelCheckpoint):
 
     A ReduceLROnPlateau scheduler steps after every hook of an epoch's end, and Lightning never
     replays that step on resume (nor takes it at the end of an epoch it resumed inside). So every
-    checkpoint the trainer writes after an epoch's training (``best-*.ckpt`` too) holds the
+    checkpoint the trainer writes after an epoch's training (``best.ckpt`` too) holds the
     optimizer and scheduler as after that step, computed on a copy; and the end of an epoch resumed
     inside takes the step Lightning leaves out. A checkpoint from an older version that lacks it
     is warned about when loaded.
+
+    Args:
+        dirpath: the folder of ``last.ckpt`` (default: ``trainer.default_root_dir/checkpoints``).
+        every_n_train_steps: also save after every n-th optimizer step (``None`` or 0: never).
+        train_time_interval: also save when this much training time has passed since the last
+            clock save (``None``: never).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    FILE_NAME = "last.ckpt"
+
+    def __init__(
+        self,
+        dirpath: str | Path | None = None,
+        every_n_train_steps: int | None = None,
+        train_time_interval: timedelta | None = None,
+    ) -> None:
+        if every_n_train_steps is not None and every_n_train_steps < 0:
+            raise ValueError(f"every_n_train_steps must be 0 or more, got {every_n_train_steps}")
+        self.dirpath = None if dirpath is None else _local_path(dirpath)
+        self.every_n_train_steps = every_n_train_steps or 0
+        self.train_time_interval = train_time_interval
+        # What ModelCheckpoint derived from these settings, in the state key (see state_key).
+        self._legacy_every_n_epochs = 1 if every_n_train_steps is None and train_time_interval is None else 0
+        self.last_step_saved = 0  # the global step of the newest save by this process (step 0 is never saved)
+        self._clock_checked: float | None = None  # the training clock, started as training starts
         self._validated_epoch: int | None = None  # the last epoch validated in this process
         self._plateau_stepped_epoch: int | None = None  # the epoch end whose plateau step this callback took
         self._resumed_without_plateau_step = False  # resumed from a save that lacks its epoch's step
 
+    @property
+    def last_model_path(self) -> str:
+        """Where ``last.ckpt`` is written ("" before ``setup`` without a ``dirpath``)."""
+        return os.path.join(self.dirpath, self.FILE_NAME) if self.dirpath else ""
+
+    @property
+    def state_key(self) -> str:
+        # This callback saves no state of its own (its record of the last step saved is, as
+        # ModelCheckpoint's was, per process). The key is the one the earlier ModelCheckpoint-based
+        # LatestCheckpoint saved its (unused) state under: Lightning finds it on resuming such a
+        # last.ckpt and does not warn that the callback which wrote it is missing.
+        legacy_state_key = {"monitor": None, "mode": "min", "every_n_train_steps": self.every_n_train_steps,
+                            "every_n_epochs": self._legacy_every_n_epochs, "train_time_interval": self.train_time_interval}  # fmt: skip
+        return f"{type(self).__qualname__}{legacy_state_key!r}"
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        dirpath = self.dirpath or os.path.join(trainer.default_root_dir, "checkpoints")
+        self.dirpath = trainer.strategy.broadcast(dirpath)  # every rank writes (and names) the same file
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._clock_checked = time.monotonic()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx + 1 >= trainer.num_training_batches:
             return  # the epoch's last batch: saved after its validation and epoch end (see above)
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        due_by_step = self.every_n_train_steps > 0 and trainer.global_step % self.every_n_train_steps == 0
+        due_by_clock = False
+        now = time.monotonic()
+        if self.train_time_interval is not None:
+            due_by_clock = self._clock_checked is not None and now - self._clock_checked >= self.train_time_interval.total_seconds()
+            due_by_clock = trainer.strategy.broadcast(due_by_clock)  # rank 0's clock decides for all ranks
+        if not (due_by_step or due_by_clock):
+            return
+        if due_by_clock:
+            self._clock_checked = now
+        self._save_newest(trainer)
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         if trainer.state.fn != TrainerFn.FITTING:
@@ -110,7 +172,6 @@ class LatestCheckpoint(ModelCheckpoint):
             for config, value in _due_plateau_steps(trainer):
                 pl_module.lr_scheduler_step(config.scheduler, value)
             self._plateau_stepped_epoch = epoch
-        super().on_train_epoch_end(trainer, pl_module)
         self._save_newest(trainer)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
@@ -120,23 +181,26 @@ class LatestCheckpoint(ModelCheckpoint):
             self._validated_epoch = trainer.current_epoch
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        before = self._last_global_step_saved
-        super().on_validation_end(trainer, pl_module)
-        if self._last_global_step_saved == trainer.global_step != before:
-            return  # saved just now, after this validation
         # Also when this step was saved before the validation (a step-based trigger on the epoch's
         # last batch): the validation has just retuned the thresholds, which last.ckpt must carry.
         self._save_newest(trainer, after_validation=True)
 
     def _save_newest(self, trainer, after_validation: bool = False) -> None:
         # Never in sanity checks, non-fit stages or fast_dev_run; a step already saved only when a
-        # validation came after that save. All ranks take the same decision.
-        already = self._last_global_step_saved == trainer.global_step
-        if not self.save_last or trainer.sanity_checking or bool(trainer.fast_dev_run) or trainer.state.fn != TrainerFn.FITTING:
+        # validation came after that save. All ranks take the same decision and all call
+        # save_checkpoint (the strategy decides which rank writes; the CLI's AtomicCheckpointIO
+        # makes the write atomic).
+        if trainer.sanity_checking or bool(trainer.fast_dev_run) or trainer.state.fn != TrainerFn.FITTING:
             return
-        if already and not after_validation:
+        if self.last_step_saved == trainer.global_step and not after_validation:
             return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        trainer.save_checkpoint(self.last_model_path, weights_only=False)  # the full state: it is resumed from
+        self.last_step_saved = trainer.global_step
+
+
+def _local_path(dirpath: str | Path) -> str:
+    """``dirpath`` as an absolute local path (``~`` expanded, as ModelCheckpoint does); a remote URL as it is."""
+    return str(dirpath) if "://" in str(dirpath) else os.path.realpath(os.path.expanduser(dirpath))
 
 
 # The epoch whose end-of-epoch ReduceLROnPlateau step a checkpoint's optimizer and scheduler states

@@ -308,5 +308,5 @@ def _bad_message(report: CacheReport, limit: int = 20) -> str:
         lines.append(f"  {name}: {reason}")
     if len(report.bad) > limit:
         lines.append(f"  ... and {len(report.bad) - limit:,} more")
-    lines.append("Fix or re-download them and run again (only they are decoded), or pass on_bad_image='skip' (--skip-bad) to leave them out.")
+    lines.append("Fix or re-download them and run again (only they are decoded), or pass --skip_bad (data.images.on_bad: skip when training) to leave them out.")
     return "\n".join(lines)

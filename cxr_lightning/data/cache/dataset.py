@@ -42,7 +42,7 @@ class CachedChestXrayDataset(Dataset):
     in CSV order that is the sampler's order.
 
     With an ``augmentation`` (the training part), each sample/batch also carries ``augment``: the
-    ``(4,)``/``(B, 4)`` float32 parameters (angle, brightness, contrast, contrast_first) drawn like
+    ``(5,)``/``(B, 5)`` float32 parameters (angle, brightness, contrast, contrast_first, flip) drawn like
     :class:`~cxr_lightning.data.dataset.ChestXrayDataset` draws them, from
     ``sample_seed(seed, epoch, index)`` (``epoch`` is the shared tensor a
     :class:`~cxr_lightning.data.loading.ResumableSampler` writes), for
@@ -78,10 +78,10 @@ class CachedChestXrayDataset(Dataset):
         self.epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def augment_params(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
-        """``(B, 4)`` float32 augmentation parameters of these samples in this epoch."""
+        """``(B, 5)`` float32 augmentation parameters of these samples in this epoch."""
         a, epoch = self.augmentation, int(self.epoch[0])
         seeds = [sample_seed(self.seed, epoch, int(i)) for i in indices]
-        return AugmentParams.from_seeds(seeds, a.rotation_degrees, a.brightness, a.contrast).as_tensor()
+        return AugmentParams.from_seeds(seeds, a.rotation_degrees, a.brightness, a.contrast, a.horizontal_flip).as_tensor()
 
     def __len__(self) -> int:
         return len(self.names)

@@ -19,8 +19,8 @@ from cxr_lightning.output_files import check_writable_folder
 
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", type=Path, required=True, help="data root holding images/ (or the Kaggle images_*/images/)")
-    parser.add_argument("--size", type=int, default=224, help="side of the cached square images (default 224; match data.image_size)")
+    parser.add_argument("--data_root", type=Path, required=True, help="data root holding images/ (or the Kaggle images_*/images/)")
+    parser.add_argument("--image_size", type=int, default=224, help="side of the cached square images (default 224; match data.images.size)")
     parser.add_argument("--out", type=Path, default=None, help="cache directory (default ROOT/cache/SIZE)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: all cores; 0: in this process)")
     add_split_arguments(
@@ -28,13 +28,13 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
         split_help="cache every image of the metadata CSV (all, default) or only the --parts of this split",
     )  # fmt: skip
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS), help="parts of --split to cache")
-    parser.add_argument("--skip-bad", action="store_true", help="record missing/unreadable images as bad and finish, instead of failing")
-    parser.add_argument("--chunk-size", type=int, default=64, help="images per worker task (progress is saved after each)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--skip_bad", action="store_true", help="record missing/unreadable images as bad and finish, instead of failing")
+    parser.add_argument("--chunk_size", type=int, default=64, help="images per worker task (progress is saved after each)")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
 def _prepare_names(args: argparse.Namespace) -> list[str]:
-    meta = read_metadata(args.metadata_csv or find_metadata_csv(args.root), quiet=True)
+    meta = read_metadata(args.metadata_csv or find_metadata_csv(args.data_root), quiet=True)
     names = meta.frame["image"].to_numpy()
     if args.split == "all":
         return names.tolist()
@@ -46,12 +46,12 @@ def _prepare_names(args: argparse.Namespace) -> list[str]:
 def run_prepare(args: argparse.Namespace) -> int:
     """``cxr-lightning data prepare``: build (or resume) the uint8 cache of the metadata CSV's images."""
     names = _prepare_names(args)
-    print(f"[cache] {len(names):,} images listed; caching at {args.size}x{args.size} with {args.workers} worker(s)", file=sys.stderr)
+    print(f"[cache] {len(names):,} images listed; caching at {args.image_size}x{args.image_size} with {args.workers} worker(s)", file=sys.stderr)
     try:
         report = build_cache(
-            args.root,
+            args.data_root,
             names,
-            args.size,
+            args.image_size,
             out=args.out,
             workers=args.workers,
             progress=not args.no_progress,
@@ -71,5 +71,5 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def run_prepare_checked(args: argparse.Namespace) -> int:
     """``data prepare``, after proving its cache folder writable: a read-only disk stops it in one line, not after decoding."""
-    check_writable_folder(args.out or default_cache_dir(args.root, args.size), "the image cache")
+    check_writable_folder(args.out or default_cache_dir(args.data_root, args.image_size), "the image cache")
     return run_prepare(args)

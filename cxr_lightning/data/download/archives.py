@@ -11,7 +11,7 @@ package (``cxr_lightning/data/resources``); only the images have to be downloade
 The archive URLs are the Box "shared static" links of NIH's own ``batch_download_zips.py``
 (in the same Box folder).  That script saves them as ``images_01.tar.gz`` .. ``images_12.tar.gz``,
 the names used here; the Box folder spells them ``images_001.tar.gz`` .. ``images_012.tar.gz``
-(both spellings are accepted by ``--only`` and in ``--md5-file``).  The MD5s are those NIH
+(both spellings are accepted by ``--only`` and in ``--md5_file``).  The MD5s are those NIH
 publishes in the folder's ``FAQ_CHESTXRAY.pdf`` (Q07); the byte sizes are the archives'
 Content-Range totals as served by Box.
 """

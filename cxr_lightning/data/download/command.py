@@ -2,21 +2,21 @@
 
 ::
 
-    cxr-lightning data download --root /data/nih            # all 12 archives, ~45 GB
-    cxr-lightning data download --root /data/nih --only images_01 images_02
+    cxr-lightning data download --data_root /data/nih            # all 12 archives, ~45 GB
+    cxr-lightning data download --data_root /data/nih --only images_01 images_02
 
 Files go to ``ROOT/archives/NAME.part`` while downloading; an interrupted download is resumed
 with an HTTP Range request when the command is run again.  Each archive is checked against the
 server's length and the known size and MD5, extracted into ``ROOT`` (path-traversal and escaping
 links are refused), marked done with ``ROOT/archives/NAME.done`` and then deleted (unless
-``--keep-archives``).  Re-running the command skips every archive that is already done, so it is
+``--keep_archives``).  Re-running the command skips every archive that is already done, so it is
 always safe to run it again after a failure.  The disk needs about 45 GB for the images plus the
 size of one archive (about 4 GB) for the archive being extracted.  To keep the images on another
 disk, make ``ROOT`` itself a symbolic link: a linked ``ROOT/images`` is refused, because safe
 extraction does not write through links.
 
-A mirror (``--base-url URL``) may be an ``http://`` or ``https://`` server, or a local copy of
-the archives: ``--base-url file:///mnt/nih`` or just ``--base-url /mnt/nih`` (a folder holding
+A mirror (``--base_url URL``) may be an ``http://`` or ``https://`` server, or a local copy of
+the archives: ``--base_url file:///mnt/nih`` or just ``--base_url /mnt/nih`` (a folder holding
 ``images_01.tar.gz`` ...). A local archive is copied into ``ROOT/archives`` (resumed the same way)
 and checked like a downloaded one; a missing file is an error naming it. Other URL schemes are
 refused with an error naming the URL.
@@ -29,6 +29,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cxr_lightning.cli.parser import CommandParser
 from cxr_lightning.data.download.archives import read_md5_file, select_archives
 from cxr_lightning.data.download.errors import DownloadError
 from cxr_lightning.data.download.pipeline import download_nih_images
@@ -38,7 +39,7 @@ from cxr_lightning.data.download.report import human_size
 def add_download_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``cxr-lightning data download`` to ``parser``."""
     parser.add_argument(
-        "--root",
+        "--data_root",
         required=True,
         type=Path,
         metavar="DIR",
@@ -51,25 +52,25 @@ def add_download_arguments(parser: argparse.ArgumentParser) -> None:
         help="download only these archives (images_01 .. images_12; images_001 and 1 also work)",
     )
     parser.add_argument(
-        "--base-url",
+        "--base_url",
         metavar="URL",
         help="fetch every archive from URL/NAME (e.g. URL/images_01.tar.gz) instead of NIH's Box: a mirror "
         "(http://, https://, file:// or a local folder)",
     )
     parser.add_argument(
-        "--md5-file",
+        "--md5_file",
         type=Path,
         metavar="FILE",
         help="checksums to verify against instead of the built-in ones (md5sum format: '<md5>  <name>' "
         "lines); the built-in size of the archives it names is not checked either",
     )
     parser.add_argument(
-        "--keep-archives",
+        "--keep_archives",
         action="store_true",
         help="keep DIR/archives/*.tar.gz after extracting them (they are deleted by default)",
     )
     parser.add_argument(
-        "--no-extract",
+        "--no_extract",
         action="store_true",
         help="only download and verify the archives; a later run without this flag extracts them",
     )
@@ -80,7 +81,7 @@ def add_download_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="network timeout for connecting and for each read (default: 60)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars")
+    parser.add_argument("--no_progress", action="store_true", help="do not show progress bars")
 
 
 def run_download(args: argparse.Namespace) -> int:
@@ -92,7 +93,7 @@ def run_download(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    root = Path(args.root)
+    root = Path(args.data_root)
     needed = sum(a.size for a in archives if a.size is not None)
     if needed:
         print(
@@ -127,8 +128,8 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m cxr_lightning.data.download --root DIR ...`` (same options as the subcommand)."""
-    parser = argparse.ArgumentParser(
+    """``python -m cxr_lightning.data.download --data_root DIR ...`` (same options as the subcommand)."""
+    parser = CommandParser(
         prog="python -m cxr_lightning.data.download",
         description="Download and extract the NIH ChestX-ray14 images.",
     )

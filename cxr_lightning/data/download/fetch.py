@@ -51,7 +51,7 @@ def _network_error(archive: Archive, part: Path, exc: BaseException) -> Download
 def _http_error(archive: Archive, exc: urllib.error.HTTPError) -> DownloadError:
     return DownloadError(
         f"HTTP {exc.code} {exc.reason} while downloading {archive.name} from {archive.url}. "
-        "Check the URL (or --base-url); re-run the command later if the server is unavailable."
+        "Check the URL (or --base_url); re-run the command later if the server is unavailable."
     )
 
 
@@ -61,7 +61,7 @@ def _expect_size(archive: Archive, total: int | None, part: Path, what: str) -> 
         raise ChecksumError(
             f"size mismatch for {archive.name}: expected {archive.size} bytes, but {what} "
             f"{total} bytes ({archive.url}). The partial file was deleted; if the release changed, "
-            "pass its checksums with --md5-file."
+            "pass its checksums with --md5_file."
         )
 
 
@@ -86,7 +86,7 @@ def _copy_local(archive: Archive, part: Path, *, progress: bool) -> tuple[int, i
     if not source.is_file():
         what = "is a folder, not a file" if source.is_dir() else "does not exist"
         raise DownloadError(
-            f"local mirror file {source} ({archive.url}) {what}; check --base-url (the folder holding {archive.name})"
+            f"local mirror file {source} ({archive.url}) {what}; check --base_url (the folder holding {archive.name})"
         )
     total = source.stat().st_size
     _expect_size(archive, total, part, "the local mirror file has")
