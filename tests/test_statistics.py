@@ -12,7 +12,7 @@ from scipy.stats import norm
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from cxr_lightning.data.labels import LABELS, NO_FINDING
-from cxr_lightning.evaluation.bootstrap import bootstrap_ci, draw_cluster_resamples, paired_bootstrap_test
+from cxr_lightning.evaluation.bootstrap import bootstrap_ci, draw_cluster_resamples, paired_bootstrap_test, paired_test_from_intervals
 from cxr_lightning.evaluation.delong import _fast_delong, delong_multilabel, delong_test, holm_adjust
 from cxr_lightning.evaluation.metrics import classification_metrics
 from cxr_lightning.evaluation.predictions_file import patient_ids_from_images, read_predictions
@@ -116,6 +116,21 @@ def test_vectorised_bootstrap_equals_slow_loop_with_same_draws():
     for m in ("f1_macro", "auroc_macro", "exact_match"):
         assert result["lower"][m] == pytest.approx(np.quantile(slow[m], 0.025), abs=1e-12)
         assert result["upper"][m] == pytest.approx(np.quantile(slow[m], 0.975), abs=1e-12)
+
+
+def test_bootstrap_auroc_edge_orders_equal_slow_loop():
+    """Labels whose positives all score below, above or level with every negative, and one without negatives."""
+    probs, targets, groups = clustered_problem(seed=11, num_labels=4, rare_label=False)
+    probs, targets = probs.copy(), targets.copy()
+    probs[:, 0] = np.where(targets[:, 0] == 1, 0.1, 0.9)  # every positive below every negative
+    probs[:, 1] = np.where(targets[:, 1] == 1, 0.9, 0.1)  # every positive above
+    probs[:, 2] = 0.5  # all tied
+    targets[:, 3] = 1  # no negative anywhere
+    result = bootstrap_ci(probs, targets, 0.5, groups, n_resamples=30, seed=2, label_names=list("ABCD"), return_replicates=True)
+    slow = slow_replicates(probs, targets, np.full(4, 0.5), groups, 30, 2, findings=None)
+    np.testing.assert_allclose(result["replicates"]["auroc_per_label"], slow["auroc_per_label"], rtol=0, atol=1e-12)
+    assert result["per_label"]["auroc"].tolist()[:3] == [0.0, 1.0, 0.5]
+    assert np.isnan(result["per_label"].loc["D", "auroc"]) and result["per_label"].loc["D", "n_valid"] == 0
 
 
 def test_point_estimates_match_sklearn_and_project_metrics():
@@ -440,3 +455,27 @@ def test_intervals_at_several_thresholds_in_one_pass_equal_separate_calls():
         assert result["estimate"] == alone["estimate"] and result["lower"] == alone["lower"] and result["upper"] == alone["upper"]
         pd.testing.assert_frame_equal(result["per_label"], alone["per_label"])
     assert both[0]["estimate"]["f1_macro"] != both[1]["estimate"]["f1_macro"]  # the thresholds were used
+
+
+def test_paired_test_from_intervals_equals_the_paired_test_on_any_image_order():
+    """The report's paired tests reuse each run's interval replicates: the same numbers as resampling again."""
+    probs, targets, groups = clustered_problem(seed=4, decimals=2)
+    names = ["A", NO_FINDING, "C", "Rare"]
+    rng = np.random.default_rng(0)
+    other = np.clip(probs + rng.normal(0, 0.1, probs.shape), 0, 1)
+    thr_a, thr_b = np.full(4, 0.5), np.array([0.4, 0.5, 0.6, 0.3])
+    order = rng.permutation(len(probs))  # model B's file lists the images in another order
+    interval_a = bootstrap_ci(probs, targets, thr_a, groups, n_resamples=80, seed=5, label_names=names, return_replicates=True)
+    interval_b = bootstrap_ci(other[order], targets[order], thr_b, groups[order], n_resamples=80, seed=5, label_names=names,
+                              return_replicates=True)  # fmt: skip
+    reused = paired_test_from_intervals([interval_a], [interval_b])
+    direct = paired_bootstrap_test(probs, other, targets, thr_a, thr_b, groups, n_resamples=80, seed=5, label_names=names)
+    pd.testing.assert_frame_equal(reused["metrics"], direct["metrics"], check_exact=True)
+    pd.testing.assert_frame_equal(reused["per_label"], direct["per_label"], check_exact=True)
+    assert reused["n_groups"] == direct["n_groups"] and reused["seeds"] == (1, 1)
+    # Results of other resamples are refused, not compared.
+    elsewhere = bootstrap_ci(other, targets, thr_b, groups, n_resamples=80, seed=6, label_names=names, return_replicates=True)
+    with pytest.raises(ValueError, match="seed"):
+        paired_test_from_intervals([interval_a], [elsewhere])
+    with pytest.raises(ValueError, match="replicates"):
+        paired_test_from_intervals([interval_a], [bootstrap_ci(other, targets, thr_b, groups, n_resamples=80, seed=5, label_names=names)])

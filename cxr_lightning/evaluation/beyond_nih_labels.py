@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,10 +25,13 @@ from cxr_lightning.evaluation.expert import (
 )
 from cxr_lightning.evaluation.expert.readers import markdown_table as readers_table
 from cxr_lightning.evaluation.expert.scoring import markdown_table as expert_table
+from cxr_lightning.evaluation.parallel import map_in_threads
 from cxr_lightning.evaluation.paper_results import FIGURE_1_RUNS, TABLE_3
 from cxr_lightning.evaluation.prediction_frames import read_predictions_frame
+from cxr_lightning.evaluation.predictions_file import image_file_names
 from cxr_lightning.evaluation.subgroups import (
     AGE_BANDS,
+    attach_demographics,
     auroc_markdown_table,
     rates_markdown_table,
     subgroup_auroc,
@@ -56,14 +57,23 @@ def expert_label_section(runs, figures_dir: Path, relative_to: Path, n_resamples
         + " ".join(f"{s.name}: {s.citation}" for s in sets)
         + " NIH ChestX-ray14: Wang et al., CVPR 2017 (NIH Clinical Center, https://nihcc.app.box.com/v/ChestXray-NIHCC)."
     ]
-    for run in (r for r in runs.values() if r.usable):
+    usable = [r for r in runs.values() if r.usable]
+    tested = {(run.name, s.name): int(s.labels["image"].isin(image_file_names(run.test.images)).sum()) for run in usable for s in sets}
+    # The scores (each a few bootstraps) in parallel; the tables and figures after, in order.
+    jobs = [(run, s) for run in usable for s in sets if tested[run.name, s.name]]
+
+    def score(job):
+        run, expert_set = job
+        return score_against_experts(run.test, expert_set, n_resamples=n_resamples, seed=seed)
+
+    scored = {(run.name, s.name): scores for (run, s), scores in zip(jobs, map_in_threads(score, jobs))}
+    for run in usable:
         tables = []
         for expert_set in sets:
-            shared = int(expert_set.labels["image"].isin({Path(str(i)).name for i in run.test.images}).sum())
-            if not shared:
+            if not tested[run.name, expert_set.name]:
                 tables.append(f"`{expert_set.name}`: the run tested none of its {len(expert_set.labels):,} images (another test set, or synthetic data).")
                 continue
-            scores = score_against_experts(run.test, expert_set, n_resamples=n_resamples, seed=seed)
+            scores = scored[run.name, expert_set.name]
             tables.append(expert_table(scores))
             first_of_row = runs.row(run.row)[0] is run
             if run.row in figure_rows and first_of_row and len(scores.missing_images) < scores.set_images:
@@ -98,12 +108,11 @@ def subgroup_section(runs, n_resamples: int, seed: int) -> str:
         # The run's own predictions file carries age, sex and view when test wrote them (the data it tested).
         own = run.folder / "test_predictions.csv" if run.folder is not None else None
         predictions = read_predictions_frame(own) if own is not None and own.is_file() else run.test
+        predictions = attach_demographics(predictions)  # once for both tables
         aurocs = subgroup_auroc(predictions, n_resamples=n_resamples, seed=seed)
         return aurocs, subgroup_rates(predictions, run.thresholds("tuned"), n_resamples=n_resamples, seed=seed)
 
-    # The runs in parallel: the bootstraps' numpy work releases the GIL.
-    with ThreadPoolExecutor(max_workers=max(1, min(len(chosen), os.cpu_count() or 1))) as pool:
-        results = list(pool.map(tables, chosen))
+    results = map_in_threads(tables, chosen)
     for run, (aurocs, rates) in zip(chosen, results):
         thresholds = "tuned thresholds" if run.metrics is not None else "0.5 (no tuned thresholds)"
         parts.append(f"#### `{run.name}`: AUROC by group\n\n" + auroc_markdown_table(aurocs)

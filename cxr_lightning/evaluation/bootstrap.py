@@ -29,13 +29,16 @@ function of weighted counts:
   ``pred & target``, ``pred`` and ``target`` of its images (one matrix product per chunk);
 * AUROC (Mann-Whitney with ties counted 1/2, the trapezoidal area sklearn computes): per label the
   negatives are sorted once by score and every positive's two ``searchsorted`` positions (first
-  negative ``>=`` it, first ``>`` it) are precomputed; per chunk of resamples the negatives' weights
-  are cumulated in that order (``cumsum`` of a ``(b, n_neg)`` int32 matrix) and the weight of the
-  negatives below each positive, plus half those tied with it, is read at those two positions.
+  negative ``>=`` it, first ``>`` it) are precomputed. The cumulative negative weight is only read
+  at those positions, so the negatives between two consecutive ones form a block, and the blocks'
+  weights in a chunk of resamples are one sparse product ``S (K, P) @ c.T (P, b)`` (``S[k, p]``:
+  patient ``p``'s negatives in block ``k``); their ``cumsum`` read at each positive's two positions
+  gives the weight of the negatives below it plus half those tied with it (:class:`_LabelAUROC`).
+  Every sum runs over contiguous rows of ``b`` resamples, about 5x faster than cumulating the
+  ``(b, n_neg)`` per-image weights.
 
-Resamples are processed in small chunks (``chunk_size``), which bounds memory and keeps the working
-set in cache. All counts are integers and
-are summed exactly, so a replicate equals what sklearn computes on the explicitly concatenated
+Resamples are processed in chunks (``chunk_size``), which bounds memory and keeps the working set
+in cache. All counts are integers and are summed exactly, so a replicate equals what sklearn computes on the explicitly concatenated
 resample (the tests check this against a slow loop with the same draws).
 """
 
@@ -47,21 +50,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from cxr_lightning.data.labels import NO_FINDING
 from cxr_lightning.evaluation.inputs import check_scores_and_targets, resolve_label_names
 from cxr_lightning.evaluation.metrics import MACRO_METRICS
 
-__all__ = ["bootstrap_ci", "bootstrap_ci_at_thresholds", "draw_cluster_resamples", "resample_counts", "paired_bootstrap_test", "seed_averaged_paired_test"]
+__all__ = ["bootstrap_ci", "bootstrap_ci_at_thresholds", "draw_cluster_resamples", "resample_counts", "paired_bootstrap_test", "paired_test_from_intervals", "seed_averaged_paired_test"]
 
 # The macro metrics of bootstrap_ci are those of cxr_lightning.evaluation.metrics (MACRO_METRICS);
 # ``auroc_findings`` (mean AUROC over the labels other than ``No Finding``) is only reported when
 # the label names contain ``No Finding``.
 
-#: Working-set target (bytes) of one chunk's int32 per-image weight matrix in the bootstrap. Chunks
-#: that stay in cache are faster: on 25,596 x 15 the AUROC work of 2,000 resamples measured ~2x
-#: faster at ~20 resamples a chunk (this default) than at ~300 (benchmarks/bootstrap_delong.py).
-_CHUNK_BYTES = 2 * 2**20
+#: Working-set target (bytes) of one chunk of resamples: ``n_images x chunk`` int32. On 25,596 x 15
+#: the bootstrap of 2,000 resamples measured 1.27 s at 16 resamples a chunk, 0.79 s at 64 and flat
+#: up to 256 (2 cores); this target gives ~80 there and 256 (the cap) on small sets.
+_CHUNK_BYTES = 8 * 2**20
 
 
 def _encode_groups(groups: Any, n: int) -> tuple[np.ndarray, int]:
@@ -110,10 +114,10 @@ def resample_counts(n_groups: int, n_resamples: int, seed: int) -> np.ndarray:
 
 
 def _multiplicities(draws: np.ndarray, n_groups: int) -> np.ndarray:
-    """``(B, P)`` int32: how often each group occurs in each row of ``draws``."""
+    """``(B, P)`` int32: how often each group occurs in each row of ``draws`` (which it overwrites)."""
     b = draws.shape[0]
-    flat = (draws + np.arange(b, dtype=np.int64)[:, None] * n_groups).ravel()
-    return np.bincount(flat, minlength=b * n_groups).reshape(b, n_groups).astype(np.int32)
+    draws += np.arange(b, dtype=np.int64)[:, None] * n_groups  # row r's groups -> r * P + group, in place
+    return np.bincount(draws.ravel(), minlength=b * n_groups).reshape(b, n_groups).astype(np.int32)
 
 
 class _WeightedMetrics:
@@ -140,18 +144,10 @@ class _WeightedMetrics:
         self.counts_by_thresholds = [counts_at(thresholds), *(counts_at(t) for t in more_thresholds)]
         self.group_counts = self.counts_by_thresholds[0]
 
-        # AUROC: per label, the negatives in ascending score order (their group codes) and, per
-        # positive, how many negatives score strictly below (lo) and at most equal (hi).
-        self.auroc_plan = []
-        for label in range(num_labels):
-            scores, positive = probs[:, label], targets[:, label]
-            neg_scores = scores[~positive]
-            order = np.argsort(neg_scores, kind="stable")
-            neg_sorted = neg_scores[order]
-            pos_scores = scores[positive]
-            lo = np.searchsorted(neg_sorted, pos_scores, side="left")
-            hi = np.searchsorted(neg_sorted, pos_scores, side="right")
-            self.auroc_plan.append((codes[~positive][order], codes[positive], lo, hi))
+        # AUROC: one sparse block plan per label (threshold-free), and each group's image count for
+        # the resample's total weight (negatives' weight = total - positives').
+        self.images_per_group = np.bincount(codes, minlength=n_groups).astype(np.float64)
+        self.label_aurocs = [_LabelAUROC(probs[:, j], targets[:, j], codes, n_groups) for j in range(num_labels)]
 
     def __call__(self, counts: np.ndarray) -> dict[str, np.ndarray]:
         """Metrics for each row of ``counts (b, P)`` (group multiplicities), at the first thresholds."""
@@ -173,28 +169,63 @@ class _WeightedMetrics:
 
     def auroc(self, counts: np.ndarray) -> np.ndarray:
         """Per-label AUROC ``(b, L)`` of each resample (NaN where a resample lacks a class)."""
-        num_labels = self.num_labels
+        # (P, b) layout: a patient's weights in all resamples side by side, so every sum below runs
+        # over contiguous rows of b values.
+        counts_t = np.ascontiguousarray(counts.T, dtype=np.int32)
+        total_weight = self.images_per_group @ counts_t
+        return np.stack([label(counts_t, total_weight) for label in self.label_aurocs], axis=1)
 
-        counts = np.ascontiguousarray(counts, dtype=np.int32)
-        b = counts.shape[0]
-        auroc = np.full((b, num_labels), np.nan)
-        for label, (neg_codes, pos_codes, lo, hi) in enumerate(self.auroc_plan):
-            if len(neg_codes) == 0 or len(pos_codes) == 0:
-                continue
-            # Cumulative negative weight in ascending score order, with a leading zero column:
-            # cum[:, j] = weight of the j lowest-scoring negatives. int32 is exact (sums <= total
-            # weight); (b, n) layout because numpy accumulates fastest along the last axis.
-            cum = np.empty((b, len(neg_codes) + 1), dtype=np.int32)
-            cum[:, 0] = 0
-            np.cumsum(np.take(counts, neg_codes, axis=1), axis=1, out=cum[:, 1:])
-            pos_w = np.take(counts, pos_codes, axis=1).astype(np.float64)  # (b, n_pos)
-            # Mann-Whitney with ties 1/2: negatives below + half the tied ones = (cum[lo] + cum[hi]) / 2.
-            below = np.take(cum, lo, axis=1).astype(np.float64) + np.take(cum, hi, axis=1)
-            numerator = 0.5 * np.einsum("bk,bk->b", pos_w, below)
-            total_pos, total_neg = pos_w.sum(axis=1), cum[:, -1].astype(np.float64)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                auroc[:, label] = np.where((total_pos > 0) & (total_neg > 0), numerator / (total_pos * total_neg), np.nan)
-        return auroc
+
+class _LabelAUROC:
+    """One label's AUROC under patient weights, set up once and applied to every chunk of resamples.
+
+    AUROC is Mann-Whitney with ties counted 1/2: for each positive, the weight of the negatives
+    below it plus half the weight of those tied with it. With the negatives sorted by score, those
+    are the cumulative negative weight at two positions per positive (first negative ``>=`` it,
+    first ``>`` it), and the cumulative weight is read nowhere else. So the negatives between two
+    consecutive such positions are summed as one block, and a block's weight in a resample is a
+    sparse product: ``S (K, P) @ counts.T (P, b)``, ``S[k, q]`` being how many of patient ``q``'s
+    negatives fall in block ``k``. Every term is an integer, so the result is exact.
+    """
+
+    def __init__(self, scores: np.ndarray, positive: np.ndarray, codes: np.ndarray, n_groups: int):
+        neg_scores = scores[~positive]
+        order = np.argsort(neg_scores, kind="stable")
+        neg_sorted, neg_codes = neg_scores[order], codes[~positive][order]
+        pos_scores = scores[positive]
+        self.pos_codes = codes[positive]
+        self.defined = len(neg_codes) > 0 and len(self.pos_codes) > 0
+        lo = np.searchsorted(neg_sorted, pos_scores, side="left")
+        hi = np.searchsorted(neg_sorted, pos_scores, side="right")
+        # The positions read, ascending and above 0 (the weight below position 0 is 0); block k holds
+        # the negatives in [ends[k-1], ends[k]), so the weight below ends[k] is the sum of blocks 0..k.
+        ends = np.unique(np.concatenate([lo, hi]))
+        ends = ends[ends > 0]
+        block = np.searchsorted(ends, np.arange(len(neg_codes)), side="right")
+        inside = block < len(ends)  # negatives above the highest positive are never below one
+        self.blocks = sp.csr_matrix((np.ones(int(inside.sum()), dtype=np.int32), (block[inside], neg_codes[inside])),
+                                    shape=(len(ends), n_groups), dtype=np.int32)  # fmt: skip
+        self.blocks.sum_duplicates()
+        # Row of the cumulative sums (which has a leading zero row) for each positive's two positions.
+        self.lo_rows = np.where(lo > 0, np.searchsorted(ends, lo) + 1, 0)
+        self.hi_rows = np.where(hi > 0, np.searchsorted(ends, hi) + 1, 0)
+
+    def __call__(self, counts_t: np.ndarray, total_weight: np.ndarray) -> np.ndarray:
+        """AUROC ``(b,)`` for ``counts_t (P, b)`` int32 patient multiplicities (NaN where a class has no weight)."""
+        b = counts_t.shape[1]
+        if not self.defined:
+            return np.full(b, np.nan)
+        cumulative = np.empty((self.blocks.shape[0] + 1, b), dtype=np.int32)  # int32: sums <= the total weight
+        cumulative[0] = 0
+        np.cumsum(self.blocks @ counts_t, axis=0, out=cumulative[1:])
+        below_twice = np.take(cumulative, self.lo_rows, axis=0)  # (n_pos, b): below + tied/2, times two
+        below_twice += np.take(cumulative, self.hi_rows, axis=0)
+        pos_w = np.take(counts_t, self.pos_codes, axis=0)
+        numerator = 0.5 * np.einsum("kb,kb->b", pos_w, below_twice, dtype=np.float64)
+        total_pos = pos_w.sum(axis=0, dtype=np.float64)
+        total_neg = total_weight - total_pos
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where((total_pos > 0) & (total_neg > 0), numerator / (total_pos * total_neg), np.nan)
 
 
 def _summaries(raw: dict[str, np.ndarray], findings: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -289,7 +320,7 @@ def bootstrap_ci(
         alpha: the intervals are the ``alpha/2`` and ``1 - alpha/2`` percentiles (linear
             interpolation, ``numpy.quantile``) of the replicates.
         label_names: names of the ``L`` columns (default: the 15 NIH labels when ``L == 15``).
-        chunk_size: resamples processed together (default: a ~2 MiB int32 working set, 8 to 256).
+        chunk_size: resamples processed together (default: a ~8 MiB int32 working set, 8 to 256).
         return_replicates: also return every replicate (``"replicates"``).
 
     Metric definitions (each replicate is computed on the resample as if its images had been
@@ -492,10 +523,51 @@ def seed_averaged_paired_test(
     engines_b = [_WeightedMetrics(p, t, _thresholds(thr, num_labels), codes, n_groups) for (p, _), thr in zip(checked_b, thresholds_b)]
     counts = resample_counts(n_groups, n_resamples, seed)
     replicates = _replicates([*engines_a, *engines_b], counts, _chunk_size(chunk_size, n), findings)
-    reps_a, reps_b = _seed_mean(replicates[: len(engines_a)]), _seed_mean(replicates[len(engines_a) :])
-    point_a = _seed_mean([_point(e, findings) for e in engines_a])
-    point_b = _seed_mean([_point(e, findings) for e in engines_b])
+    points = [_point(e, findings) for e in (*engines_a, *engines_b)]
+    split = len(engines_a)
+    facts = {"n_resamples": int(n_resamples), "seed": int(seed), "n_images": int(n), "n_groups": int(n_groups),
+             "resampling": "image" if groups is None else "cluster"}  # fmt: skip
+    return _paired_result(replicates[:split], replicates[split:], points[:split], points[split:], names, alpha, facts, return_replicates)
 
+
+def paired_test_from_intervals(results_a: Sequence[dict[str, Any]], results_b: Sequence[dict[str, Any]], alpha: float = 0.05,
+                               return_replicates: bool = False) -> dict[str, Any]:  # fmt: skip
+    """:func:`seed_averaged_paired_test` from each seed's :func:`bootstrap_ci` result, with no new resampling.
+
+    Every result must hold its replicates (``return_replicates=True``) and come from predictions of
+    the SAME images (any order) with the same ``n_resamples`` and ``seed``: the resamples depend only
+    on the set of patients, ``n_resamples`` and ``seed``, and a replicate is a sum over images, so
+    the replicates are exactly those :func:`seed_averaged_paired_test` would draw, and so is the
+    result. The report tests its models this way, from the intervals it has already computed.
+    """
+    results = [*results_a, *results_b]
+    if not results_a or not results_b:
+        raise ValueError("give at least one bootstrap result for each model")
+    if any("replicates" not in r for r in results):
+        raise ValueError("every bootstrap result must hold its replicates (bootstrap_ci(..., return_replicates=True))")
+    keys = ("n_resamples", "seed", "n_images", "n_groups", "resampling")
+    facts = {k: results[0][k] for k in keys}
+    differing = [k for k in keys if any(r[k] != facts[k] for r in results)]
+    names = tuple(results[0]["per_label"].index)
+    if differing or any(tuple(r["per_label"].index) != names for r in results):
+        raise ValueError(f"the bootstrap results differ in {differing or ['label names']}: they are not of the same resamples")
+    points = [_point_of_result(r) for r in results]
+    replicates = [r["replicates"] for r in results]
+    split = len(results_a)
+    return _paired_result(replicates[:split], replicates[split:], points[:split], points[split:], names, alpha, facts, return_replicates)
+
+
+def _point_of_result(result: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A :func:`bootstrap_ci` result's point values in the shape of :func:`_point`'s."""
+    point = {m: np.array([v]) for m, v in result["estimate"].items()}
+    point["auroc_per_label"] = result["per_label"]["auroc"].to_numpy()[None, :]
+    return point
+
+
+def _paired_result(replicates_a, replicates_b, points_a, points_b, names, alpha: float, facts: dict, return_replicates: bool) -> dict[str, Any]:
+    """The paired test's tables from each seed's replicates and point values (the mean over seeds of each model)."""
+    reps_a, reps_b = _seed_mean(replicates_a), _seed_mean(replicates_b)
+    point_a, point_b = _seed_mean(points_a), _seed_mean(points_b)
     rows = {}
     for m in [m for m in MACRO_METRICS if m in reps_a]:
         diff = reps_a[m] - reps_b[m]
@@ -511,21 +583,21 @@ def seed_averaged_paired_test(
             "diff": point_a["auroc_per_label"][0] - point_b["auroc_per_label"][0],
             "lower": lo,
             "upper": hi,
-            "p_value": [_bootstrap_p_value(per_label_diff[:, j]) for j in range(num_labels)],
+            "p_value": [_bootstrap_p_value(per_label_diff[:, j]) for j in range(len(names))],
         },
         index=pd.Index(names, name="label"),
     )
     result: dict[str, Any] = {
         "metrics": pd.DataFrame.from_dict(rows, orient="index").rename_axis("metric"),
         "per_label": per_label,
-        "n_resamples": int(n_resamples),
-        "seed": int(seed),
+        "n_resamples": facts["n_resamples"],
+        "seed": facts["seed"],
         "alpha": float(alpha),
-        "n_images": int(n),
-        "n_groups": int(n_groups),
-        "resampling": "image" if groups is None else "cluster",
+        "n_images": facts["n_images"],
+        "n_groups": facts["n_groups"],
+        "resampling": facts["resampling"],
         "p_value_definition": "2*min((1+#{d*<=0})/(B+1), (1+#{d*>=0})/(B+1)), capped at 1 (percentile-interval inversion)",
-        "seeds": (len(engines_a), len(engines_b)),
+        "seeds": (len(replicates_a), len(replicates_b)),
     }
     if return_replicates:
         result["replicates"] = {"a": reps_a, "b": reps_b}

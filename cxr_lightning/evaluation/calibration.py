@@ -197,7 +197,12 @@ def reliability_diagram(
     after_label = f"after temperature scaling (T = {temperature:.3f})" if temperature is not None else "after temperature scaling"
     ncols = max(1, min(ncols, num_labels))
     nrows = math.ceil(num_labels / ncols)
-    fig = Figure(figsize=(3.2 * ncols, 3.0 * nrows), layout="constrained")
+    # Fixed margins (in inches, so any grid size reads the same): a constrained layout looked the
+    # same and took two thirds of the drawing time, measuring every tick label of 30 axes.
+    width, height = 3.2 * ncols, 3.0 * nrows + 0.5
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=0.55 / width, right=1 - 0.15 / width, bottom=0.5 / height, top=1 - 0.75 / height,
+                        wspace=0.3, hspace=0.45)  # fmt: skip
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     centers = 0.5 * (curve["edges"][:-1] + curve["edges"][1:])

@@ -20,6 +20,7 @@ from cxr_lightning.evaluation.predictions_file import (
     PredictionsFile,
     PredictionsFileError,
     checked_predictions,
+    image_file_names,
     label_column,
     probability_column,
     read_predictions_table,
@@ -63,7 +64,7 @@ def as_predictions_frame(predictions: PredictionsFile | pd.DataFrame, source: st
         for column in (PATIENT_COLUMN, *DEMOGRAPHIC_COLUMNS):
             if column in predictions.columns:
                 frame[column] = predictions[column].to_numpy()
-    frame[IMAGE_COLUMN] = [os.path.basename(str(name)) for name in frame[IMAGE_COLUMN]]
+    frame[IMAGE_COLUMN] = image_file_names(frame[IMAGE_COLUMN].to_numpy())
     frame[PATIENT_COLUMN] = frame[PATIENT_COLUMN].astype(str)
     duplicated = frame[IMAGE_COLUMN].duplicated()
     if duplicated.any():

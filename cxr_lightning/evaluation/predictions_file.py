@@ -24,6 +24,7 @@ __all__ = [
     "PredictionsFile",
     "PredictionsFileError",
     "checked_predictions",
+    "image_file_names",
     "label_column",
     "patient_ids_from_images",
     "probability_column",
@@ -79,20 +80,38 @@ def write_predictions(
         frame.to_csv(staged, index=False, float_format=_FLOAT_FORMAT)
 
 
+def image_file_names(images: Sequence[str]) -> np.ndarray:
+    """The file name of each image path (``os.path.basename``), as a string array."""
+    names = [str(name) for name in images]
+    separators = [sep for sep in (os.sep, os.altsep) if sep]
+    joined = "".join(names)  # one C-speed scan: predictions files usually hold bare file names
+    if any(sep in joined for sep in separators):
+        names = [os.path.basename(name) for name in names]
+    return np.asarray(names, dtype=str)
+
+
+#: Many NIH file names, one per line; checked in one regular-expression pass.
+_IMAGE_NAME_LINES = re.compile(r"(?:\d{8}_\d+\.\w+\n)*")
+
+
+def _first_non_nih_name(files: np.ndarray) -> int | None:
+    """Index of the first file name that is not an NIH image name (``None``: all are)."""
+    if _IMAGE_NAME_LINES.fullmatch("".join(f"{name}\n" for name in files)) is not None:
+        return None
+    return next(i for i, name in enumerate(files) if _IMAGE_NAME.match(name) is None or "\n" in name)
+
+
 def patient_ids_from_images(names: Sequence[str]) -> np.ndarray:
     """Patient ids (``"00000013"``) of NIH image names (``"00000013_005.png"``, directories allowed).
 
     The NIH file name is ``<8-digit patient id>_<3-digit follow-up>.png``. Returns a string array;
     raises ``ValueError`` naming the first name that does not have this form.
     """
-    out = []
-    for name in names:
-        base = os.path.basename(str(name))
-        match = _IMAGE_NAME.match(base)
-        if match is None:
-            raise ValueError(f"not an NIH image name (expected like 00000013_005.png): {name!r}")
-        out.append(match.group(1))
-    return np.asarray(out, dtype=object).astype(str)
+    files = image_file_names(names)
+    first = _first_non_nih_name(files)
+    if first is not None:
+        raise ValueError(f"not an NIH image name (expected like 00000013_005.png): {str(list(names)[first])!r}")
+    return files.astype("U8")  # the first 8 characters: the patient id
 
 
 class PredictionsFile(NamedTuple):
@@ -164,6 +183,6 @@ def checked_predictions(frame: pd.DataFrame, source: Any, label_names: Sequence[
     try:
         patients = patient_ids_from_images(images)
     except ValueError as err:
-        row = next(i for i, name in enumerate(images) if not _IMAGE_NAME.match(os.path.basename(name)))
+        row = _first_non_nih_name(image_file_names(images))
         raise PredictionsFileError(f"{path}, line {row + 2} (data row {row + 1}), column {IMAGE_COLUMN}: {err}") from err
     return PredictionsFile(images, probs, targets.astype(np.int64), label_names, patients)

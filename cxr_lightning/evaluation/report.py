@@ -25,10 +25,8 @@ only when runs are broken and none is usable.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from itertools import combinations
 from pathlib import Path
 
@@ -38,10 +36,11 @@ import pandas as pd
 from cxr_lightning.cli.parser import CommandParser
 from cxr_lightning.data.labels import NO_FINDING
 from cxr_lightning.evaluation.beyond_nih_labels import expert_label_section, subgroup_section
-from cxr_lightning.evaluation.bootstrap import seed_averaged_paired_test
+from cxr_lightning.evaluation.bootstrap import paired_test_from_intervals, seed_averaged_paired_test
 from cxr_lightning.evaluation.calibration import apply_temperature, calibration_table, fit_temperature, reliability_diagram
 from cxr_lightning.evaluation.delong import delong_multilabel
 from cxr_lightning.evaluation.markdown import interval, number, table
+from cxr_lightning.evaluation.parallel import map_in_threads
 from cxr_lightning.evaluation.paper_results import (
     BACKBONE_RUNS,
     FIGURE_1_RUNS,
@@ -196,15 +195,18 @@ def pairwise_tests(runs: Runs, n_resamples: int, seed: int) -> str:
         if aligned is None:
             return runs_a, runs_b, None, note, None
         pa, pb = aligned[: len(runs_a)], aligned[len(runs_a) :]
+        same_resamples = all((r.n_resamples, r.seed) == (n_resamples, seed) for r in runs_a + runs_b)
+        if note is None and same_resamples and len({r.label_names for r in runs_a + runs_b}) == 1:
+            # Every run tested exactly these images: its interval's replicates are this test's resamples.
+            result = paired_test_from_intervals([r.interval(ca.group) for r in runs_a], [r.interval(cb.group) for r in runs_b])
+            return runs_a, runs_b, (pa, pb), note, result
         result = seed_averaged_paired_test(
             [p.probs for p in pa], [p.probs for p in pb], pa[0].targets, [r.thresholds(ca.group) for r in runs_a],
             [r.thresholds(cb.group) for r in runs_b], pa[0].patients, n_resamples=n_resamples, seed=seed, label_names=pa[0].label_names,
         )  # fmt: skip
         return runs_a, runs_b, (pa, pb), note, result
 
-    # The pairs in parallel: the bootstraps' numpy work releases the GIL.
-    with ThreadPoolExecutor(max_workers=max(1, min(len(pairs), os.cpu_count() or 1))) as pool:
-        outcomes = list(pool.map(tested, pairs))
+    outcomes = map_in_threads(tested, pairs)
     macro_rows, delong_parts = [], []
     for (ca, cb), (runs_a, runs_b, aligned, note, result) in zip(pairs, outcomes):
         pair = f"{ca.title} - {cb.title}"
@@ -408,11 +410,8 @@ def build_report(runs_dir: str | Path, out: str | Path, n_resamples: int = 2000,
     figures = out.parent / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     runs = runs if runs is not None else load_runs(runs_dir, n_resamples, seed)
-    # Every run's intervals first, in parallel: the bootstrap's numpy work releases the GIL, and the
-    # runs are independent (each section then reads them from the run's cache).
-    usable = [run for run in runs.values() if run.usable]
-    with ThreadPoolExecutor(max_workers=max(1, min(len(usable), os.cpu_count() or 1))) as pool:
-        list(pool.map(lambda run: run.interval("tuned"), usable))
+    # Every run's intervals first, in parallel (each section then reads them from the run's cache).
+    map_in_threads(lambda run: run.interval("tuned"), [run for run in runs.values() if run.usable])
     body = [
         "## The paper's tables",
         metric_table(TABLE_1, runs),

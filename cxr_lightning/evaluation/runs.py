@@ -39,6 +39,7 @@ from cxr_lightning.evaluation.predictions_file import (
     PredictionsFile,
     PredictionsFileError,
     checked_predictions,
+    image_file_names,
     label_column,
     probability_column,
     read_predictions,
@@ -151,8 +152,10 @@ class Run:
         if group not in self._intervals:
             # Both threshold groups in one pass: their AUROC resamples are the same computation.
             t, groups = self.test, ("default", "tuned")
+            # The replicates are kept (~0.3 MB a group) for the report's paired tests between runs.
             results = bootstrap_ci_at_thresholds(t.probs, t.targets, [self.thresholds(g) for g in groups], t.patients,
-                                                 n_resamples=self.n_resamples, seed=self.seed, label_names=t.label_names)  # fmt: skip
+                                                 n_resamples=self.n_resamples, seed=self.seed, label_names=t.label_names,
+                                                 return_replicates=True)  # fmt: skip
             self._intervals.update(zip(groups, results))
         return self._intervals[group]
 
@@ -200,7 +203,7 @@ def official_test_images() -> frozenset[str]:
 def describe_tested_images(images: np.ndarray) -> str:
     """``official test list (25,596 of 25,596)``, or how many of it the tested images are."""
     official = official_test_images()
-    names = {Path(str(n)).name for n in images}
+    names = set(image_file_names(images))
     inside = len(names & official)
     if inside == len(official) == len(names):
         return f"the official test list ({inside:,} of {len(official):,})"

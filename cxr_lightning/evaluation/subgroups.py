@@ -109,10 +109,20 @@ def attach_demographics(predictions: PredictionsFile | pd.DataFrame, metadata: N
         for column in absent:
             frame[column] = joined[column].to_numpy()
     frame["age"] = parse_ages(frame["age"]).years
-    frame["sex"] = [parse_sex(v) or UNKNOWN for v in frame["sex"]]
-    frame["view"] = [parse_view(v) or UNKNOWN for v in frame["view"]]
+    frame["sex"] = _parse_each_distinct(frame["sex"], parse_sex)
+    frame["view"] = _parse_each_distinct(frame["view"], parse_view)
     frame["age_band"] = age_band(frame["age"])
     return frame
+
+
+def _parse_each_distinct(column: pd.Series, parse) -> np.ndarray:
+    """``parse(value) or UNKNOWN`` for every value, parsing each distinct value once (a column holds a few: M, F, PA, AP).
+
+    Values that compare equal but differ in type (``1``, ``1.0``, ``True``) share a parse; that is
+    safe for sex and view, whose parsers read strings only (and a string never equals a number).
+    """
+    codes, distinct = pd.factorize(column.to_numpy(dtype=object), use_na_sentinel=False)
+    return np.asarray([parse(value) or UNKNOWN for value in distinct], dtype=object)[codes]
 
 
 def _groups(frame: pd.DataFrame, attribute: str) -> list[str]:
