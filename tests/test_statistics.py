@@ -12,7 +12,12 @@ from scipy.stats import norm
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 from cxr_lightning.data.labels import LABELS, NO_FINDING
-from cxr_lightning.evaluation.bootstrap import bootstrap_ci, draw_cluster_resamples, paired_bootstrap_test, paired_test_from_intervals
+from cxr_lightning.evaluation.bootstrap import (
+    bootstrap_ci,
+    draw_cluster_resamples,
+    paired_bootstrap_test,
+    paired_test_from_intervals,
+)
 from cxr_lightning.evaluation.delong import _fast_delong, delong_multilabel, delong_test, holm_adjust
 from cxr_lightning.evaluation.metrics import classification_metrics
 from cxr_lightning.evaluation.predictions_file import patient_ids_from_images, read_predictions

@@ -25,8 +25,8 @@ from cxr_lightning.evaluation.expert import (
 )
 from cxr_lightning.evaluation.expert.readers import markdown_table as readers_table
 from cxr_lightning.evaluation.expert.scoring import markdown_table as expert_table
-from cxr_lightning.evaluation.parallel import map_in_threads
 from cxr_lightning.evaluation.paper_results import FIGURE_1_RUNS, TABLE_3
+from cxr_lightning.evaluation.parallel import map_in_threads
 from cxr_lightning.evaluation.prediction_frames import read_predictions_frame
 from cxr_lightning.evaluation.predictions_file import image_file_names
 from cxr_lightning.evaluation.subgroups import (

@@ -40,7 +40,6 @@ from cxr_lightning.evaluation.bootstrap import paired_test_from_intervals, seed_
 from cxr_lightning.evaluation.calibration import apply_temperature, calibration_table, fit_temperature, reliability_diagram
 from cxr_lightning.evaluation.delong import delong_multilabel
 from cxr_lightning.evaluation.markdown import interval, number, table
-from cxr_lightning.evaluation.parallel import map_in_threads
 from cxr_lightning.evaluation.paper_results import (
     BACKBONE_RUNS,
     FIGURE_1_RUNS,
@@ -54,6 +53,7 @@ from cxr_lightning.evaluation.paper_results import (
     TABLE_4,
     THRESHOLD_TABLES,
 )
+from cxr_lightning.evaluation.parallel import map_in_threads
 from cxr_lightning.evaluation.predictions_file import PredictionsFile, PredictionsFileError
 from cxr_lightning.evaluation.runs import Run, find_run_folders, load_external, load_run, parse_external
 from cxr_lightning.output_files import atomic_write_text, check_writable_folder
