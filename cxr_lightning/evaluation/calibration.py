@@ -181,6 +181,7 @@ def reliability_diagram(
     # figure list are left alone.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
     p, t = _check(probs, targets)
     num_labels = p.shape[1]
@@ -234,8 +235,8 @@ def reliability_diagram(
         ax.set_ylim(0, 1)
         ax.set_title(panel_title, fontsize=9)
         if j == 0:
-            hist.bar([], [], color="0.88", label="predictions per bin (log)")
-            handles = ax.get_legend_handles_labels()[0] + hist.get_legend_handles_labels()[0]
+            # An explicit patch: an empty bar() gives the legend the colour cycle's blue, not the bars' grey.
+            handles = [*ax.get_legend_handles_labels()[0], Patch(facecolor="0.88", label="predictions per bin (log)")]
             ax.legend(handles=handles, fontsize=6, loc="upper left")
         ax.tick_params(labelsize=7)
         if j % ncols == 0:
