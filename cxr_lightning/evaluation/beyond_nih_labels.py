@@ -58,7 +58,10 @@ def expert_label_section(runs, figures_dir: Path, relative_to: Path, n_resamples
         + " NIH ChestX-ray14: Wang et al., CVPR 2017 (NIH Clinical Center, https://nihcc.app.box.com/v/ChestXray-NIHCC)."
     ]
     usable = [r for r in runs.values() if r.usable]
-    tested = {(run.name, s.name): int(s.labels["image"].isin(image_file_names(run.test.images)).sum()) for run in usable for s in sets}
+    tested = {}  # (run, set) -> how many of the set's images the run tested
+    for run in usable:
+        names = image_file_names(run.test.images)
+        tested.update({(run.name, s.name): int(s.labels["image"].isin(names).sum()) for s in sets})
     # The scores (each a few bootstraps) in parallel; the tables and figures after, in order.
     jobs = [(run, s) for run in usable for s in sets if tested[run.name, s.name]]
 

@@ -57,7 +57,7 @@ from cxr_lightning.data.labels import NO_FINDING
 from cxr_lightning.evaluation.inputs import check_scores_and_targets, resolve_label_names
 from cxr_lightning.evaluation.metrics import MACRO_METRICS
 
-__all__ = ["bootstrap_ci", "bootstrap_ci_at_thresholds", "draw_cluster_resamples", "paired_bootstrap_test", "paired_test_from_intervals", "resample_counts", "seed_averaged_paired_test"]
+__all__ = ["bootstrap_ci", "bootstrap_ci_at_thresholds", "draw_cluster_resamples", "encode_groups", "paired_bootstrap_test", "paired_test_from_intervals", "resample_counts", "seed_averaged_paired_test"]
 
 # The macro metrics of bootstrap_ci are those of cxr_lightning.evaluation.metrics (MACRO_METRICS);
 # ``auroc_findings`` (mean AUROC over the labels other than ``No Finding``) is only reported when
@@ -69,8 +69,9 @@ __all__ = ["bootstrap_ci", "bootstrap_ci_at_thresholds", "draw_cluster_resamples
 _CHUNK_BYTES = 8 * 2**20
 
 
-def _encode_groups(groups: Any, n: int) -> tuple[np.ndarray, int]:
-    """``(codes (N,) int64 in [0, P), P)``; ``groups=None`` makes every image its own group."""
+def encode_groups(groups: Any, n: int) -> tuple[np.ndarray, int]:
+    """``(codes (N,) int64 in [0, P), P)``: column ``codes[i]`` of :func:`resample_counts` weighs image ``i``
+    (groups numbered in sorted order); ``groups=None`` makes every image its own group."""
     if groups is None:
         return np.arange(n, dtype=np.int64), n
     if hasattr(groups, "detach"):
@@ -124,8 +125,7 @@ def _multiplicities(draws: np.ndarray, n_groups: int) -> np.ndarray:
 class _WeightedMetrics:
     """Weighted whole-set metrics of one model, for many weight vectors (resamples) at once."""
 
-    def __init__(self, probs: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, codes: np.ndarray, n_groups: int,
-                 more_thresholds: Sequence[np.ndarray] = ()):  # fmt: skip
+    def __init__(self, probs: np.ndarray, targets: np.ndarray, thresholds: Sequence[np.ndarray], codes: np.ndarray, n_groups: int):
         n, num_labels = probs.shape
         self.n, self.num_labels, self.n_groups = n, num_labels, n_groups
         self.codes = codes
@@ -142,17 +142,17 @@ class _WeightedMetrics:
             return per_group(np.concatenate([pred & targets, pred, targets, exact, np.ones((n, 1), bool)], axis=1))
 
         # One set of thresholded counts per threshold vector; the AUROC (threshold-free) is shared.
-        self.counts_by_thresholds = [counts_at(thresholds), *(counts_at(t) for t in more_thresholds)]
-        self.group_counts = self.counts_by_thresholds[0]
+        self.counts_by_thresholds = [counts_at(t) for t in thresholds]
 
         # AUROC: one sparse block plan per label (threshold-free), and each group's image count for
         # the resample's total weight (negatives' weight = total - positives').
         self.images_per_group = np.bincount(codes, minlength=n_groups).astype(np.float64)
         self.label_aurocs = [_LabelAUROC(probs[:, j], targets[:, j], codes, n_groups) for j in range(num_labels)]
 
-    def __call__(self, counts: np.ndarray) -> dict[str, np.ndarray]:
-        """Metrics for each row of ``counts (b, P)`` (group multiplicities), at the first thresholds."""
-        return {**self.thresholded(counts, 0), "auroc": self.auroc(counts)}
+    def summaries(self, counts: np.ndarray, findings: np.ndarray | None) -> list[dict[str, np.ndarray]]:
+        """:func:`_summaries` for each row of ``counts (b, P)`` (group multiplicities), one per threshold vector."""
+        auroc = self.auroc(counts)  # threshold-free: once for all of them
+        return [_summaries({**self.thresholded(counts, k), "auroc": auroc}, findings) for k in range(len(self.counts_by_thresholds))]
 
     def thresholded(self, counts: np.ndarray, k: int) -> dict[str, np.ndarray]:
         """Precision, recall, F1 and exact match per resample at the ``k``-th threshold vector."""
@@ -260,17 +260,20 @@ def _chunk_size(chunk_size: int | None, n: int) -> int:
     return max(8, min(256, _CHUNK_BYTES // (4 * max(n, 1))))
 
 
-def _replicates(engines: Sequence[_WeightedMetrics], counts: np.ndarray, chunk: int, findings) -> list[dict[str, np.ndarray]]:
-    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in engines]
+def _replicates(engines: Sequence[_WeightedMetrics], counts: np.ndarray, chunk: int, findings) -> list[list[dict[str, np.ndarray]]]:
+    """Per engine and threshold vector, every metric's replicates over the resamples ``counts``, ``chunk`` at a time."""
+    parts = [[[] for _ in engine.counts_by_thresholds] for engine in engines]
     for start in range(0, counts.shape[0], chunk):
         block = counts[start : start + chunk]
-        for k, engine in enumerate(engines):
-            parts[k].append(_summaries(engine(block), findings))
-    return [{key: np.concatenate([p[key] for p in part], axis=0) for key in part[0]} for part in parts]
+        for engine, engine_parts in zip(engines, parts):
+            for part, summary in zip(engine_parts, engine.summaries(block, findings)):
+                part.append(summary)
+    return [[{key: np.concatenate([p[key] for p in part], axis=0) for key in part[0]} for part in engine_parts] for engine_parts in parts]
 
 
-def _point(engine: _WeightedMetrics, findings) -> dict[str, np.ndarray]:
-    return _summaries(engine(np.ones((1, engine.n_groups), dtype=np.int32)), findings)
+def _points(engine: _WeightedMetrics, findings) -> list[dict[str, np.ndarray]]:
+    """The metrics on the full data (every group once), one per threshold vector."""
+    return engine.summaries(np.ones((1, engine.n_groups), dtype=np.int32), findings)
 
 
 def _interval(samples: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -380,23 +383,11 @@ def bootstrap_ci_at_thresholds(
         raise ValueError("give at least one threshold vector")
     names = resolve_label_names(label_names, num_labels)
     findings = _findings_index(names)
-    codes, n_groups = _encode_groups(groups, n)
+    codes, n_groups = encode_groups(groups, n)
     vectors = [_thresholds(thr, num_labels) for thr in thresholds]
-    engine = _WeightedMetrics(p, t, vectors[0], codes, n_groups, more_thresholds=vectors[1:])
-    counts = resample_counts(n_groups, n_resamples, seed)
-    chunk = _chunk_size(chunk_size, n)
-    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in vectors]
-    ones = np.ones((1, n_groups), dtype=np.int32)
-    points = []
-    auroc_point = engine.auroc(ones)
-    for k in range(len(vectors)):
-        points.append(_summaries({**engine.thresholded(ones, k), "auroc": auroc_point}, findings))
-    for start in range(0, counts.shape[0], chunk):
-        block = counts[start : start + chunk]
-        auroc = engine.auroc(block)
-        for k in range(len(vectors)):
-            parts[k].append(_summaries({**engine.thresholded(block, k), "auroc": auroc}, findings))
-    all_reps = [{key: np.concatenate([p[key] for p in part], axis=0) for key in part[0]} for part in parts]
+    engine = _WeightedMetrics(p, t, vectors, codes, n_groups)
+    (all_reps,) = _replicates([engine], resample_counts(n_groups, n_resamples, seed), _chunk_size(chunk_size, n), findings)
+    points = _points(engine, findings)
     return [_result(reps, point, names, n_resamples, seed, alpha, n, n_groups, groups is None, return_replicates)
             for reps, point in zip(all_reps, points)]  # fmt: skip
 
@@ -519,12 +510,13 @@ def seed_averaged_paired_test(
         raise ValueError("every seed's predictions must cover the same images and labels")
     names = resolve_label_names(label_names, num_labels)
     findings = _findings_index(names)
-    codes, n_groups = _encode_groups(groups, n)
-    engines_a = [_WeightedMetrics(p, t, _thresholds(thr, num_labels), codes, n_groups) for (p, _), thr in zip(checked_a, thresholds_a)]
-    engines_b = [_WeightedMetrics(p, t, _thresholds(thr, num_labels), codes, n_groups) for (p, _), thr in zip(checked_b, thresholds_b)]
+    codes, n_groups = encode_groups(groups, n)
+    engines_a = [_WeightedMetrics(p, t, [_thresholds(thr, num_labels)], codes, n_groups) for (p, _), thr in zip(checked_a, thresholds_a)]
+    engines_b = [_WeightedMetrics(p, t, [_thresholds(thr, num_labels)], codes, n_groups) for (p, _), thr in zip(checked_b, thresholds_b)]
     counts = resample_counts(n_groups, n_resamples, seed)
-    replicates = _replicates([*engines_a, *engines_b], counts, _chunk_size(chunk_size, n), findings)
-    points = [_point(e, findings) for e in (*engines_a, *engines_b)]
+    # One threshold vector each: its replicates and point values are the first (only) entries.
+    replicates = [reps for (reps,) in _replicates([*engines_a, *engines_b], counts, _chunk_size(chunk_size, n), findings)]
+    points = [_points(e, findings)[0] for e in (*engines_a, *engines_b)]
     split = len(engines_a)
     facts = {"n_resamples": int(n_resamples), "seed": int(seed), "n_images": int(n), "n_groups": int(n_groups),
              "resampling": "image" if groups is None else "cluster"}  # fmt: skip

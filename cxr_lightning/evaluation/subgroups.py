@@ -35,7 +35,7 @@ import pandas as pd
 
 from cxr_lightning.data.fields import SEXES, VIEWS, parse_ages, parse_sex, parse_view
 from cxr_lightning.data.metadata import NIHMetadata, packaged_metadata
-from cxr_lightning.evaluation.bootstrap import bootstrap_ci, resample_counts
+from cxr_lightning.evaluation.bootstrap import bootstrap_ci, encode_groups, resample_counts
 from cxr_lightning.evaluation.markdown import number, table
 from cxr_lightning.evaluation.prediction_frames import (
     DEMOGRAPHIC_COLUMNS,
@@ -276,8 +276,7 @@ def subgroup_rates(
     frame = _with_demographics(predictions)
     names = _labels(frame, label_names)
     threshold_values = _thresholds(thresholds, names)
-    _, codes = np.unique(frame[PATIENT_COLUMN].to_numpy(dtype=str), return_inverse=True)
-    n_patients = int(codes.max()) + 1
+    codes, n_patients = encode_groups(frame[PATIENT_COLUMN].to_numpy(dtype=str), len(frame))
     multiplicities = resample_counts(n_patients, n_resamples, seed).astype(np.float64)
     rate_rows, gap_rows = [], []
     for attribute in attributes:
